@@ -1,0 +1,156 @@
+# moed build.  `make` builds bin/moed and the tools; `make test` runs every
+# test that this machine can run; `make run` builds and starts the daemon.
+#
+# Variables:
+#   DEPS=/prefix     C dependencies unpacked under a prefix (the GPU machine:
+#                    see ../shared/DEVICE.md) instead of the system's.
+#   MOED_CUDA=auto|0|1   build the CUDA kernels (auto: when nvcc is found).
+#   CUDA_ARCH=sm_90  GPU target for nvcc.
+#   SAN=1            AddressSanitizer + UBSan build (objects in build-san/).
+#   WERROR=0         do not turn warnings into errors.
+#   SHARED=../shared the shared folder (tokenizer vectors, corpus).
+
+CC       ?= gcc
+NVCC     ?= nvcc
+DEPS     ?=
+MOED_CUDA ?= auto
+CUDA_ARCH ?= sm_90
+SAN      ?= 0
+WERROR   ?= 1
+SHARED   ?= ../shared
+FUZZ_SECONDS ?= 60
+
+ifeq ($(SAN),1)
+BUILD    ?= build-san
+else
+BUILD    ?= build
+endif
+
+ifeq ($(MOED_CUDA),auto)
+HAVE_CUDA := $(if $(shell command -v $(NVCC) 2>/dev/null),1,0)
+else
+HAVE_CUDA := $(MOED_CUDA)
+endif
+# Sanitizer builds run on the CPU path only (ASan and the CUDA runtime do
+# not share an address space layout happily).
+ifeq ($(SAN),1)
+HAVE_CUDA := 0
+endif
+
+CPPFLAGS += -I. -D_GNU_SOURCE
+CFLAGS   += -std=c11 -O2 -g -pthread -Wall -Wextra -Wshadow -Wno-unused-parameter \
+            -fno-strict-aliasing
+LDLIBS   += -lpcre2-8 -lm -pthread
+ifeq ($(WERROR),1)
+CFLAGS   += -Werror
+endif
+ifeq ($(SAN),1)
+SANFLAGS := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
+CFLAGS   += $(SANFLAGS) -O1
+LDFLAGS  += $(SANFLAGS)
+endif
+ifneq ($(DEPS),)
+DEPLIB   := $(DEPS)/usr/lib/x86_64-linux-gnu
+CPPFLAGS += -I$(DEPS)/usr/include -I$(DEPS)/usr/include/x86_64-linux-gnu
+LDFLAGS  += -L$(DEPLIB) -Wl,-rpath,$(DEPLIB)
+endif
+
+ISA_AVX2   := -mavx2 -mfma -mf16c
+ISA_AVX512 := -mavx2 -mfma -mf16c -mavx512f -mavx512bw -mavx512vl -mavx512dq \
+              -mavx512vnni -mavx512bf16
+
+LIB_DIRS := common kernels/cpu kernels/cuda model sched cache conf api
+LIB_SRC  := $(foreach d,$(LIB_DIRS),$(wildcard $(d)/*.c))
+LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o)
+ifeq ($(HAVE_CUDA),1)
+CUDA_HOME ?= $(patsubst %/bin/,%,$(dir $(shell command -v $(NVCC))))
+CU_SRC   := $(foreach d,$(LIB_DIRS),$(wildcard $(d)/*.cu))
+LIB_OBJ  += $(CU_SRC:%.cu=$(BUILD)/%.cu.o)
+CPPFLAGS += -DMOED_HAVE_CUDA=1
+LDFLAGS  += -L$(CUDA_HOME)/lib64 -L$(CUDA_HOME)/targets/x86_64-linux/lib
+LDLIBS   += -lcudart_static -ldl -lrt -lstdc++
+endif
+
+MOED_OBJ  := $(patsubst %.c,$(BUILD)/%.o,$(wildcard daemon/*.c))
+TEST_OBJ  := $(patsubst %.c,$(BUILD)/%.o,$(wildcard tests/unit/*.c))
+LIB       := $(BUILD)/libmoed.a
+
+ifeq ($(SAN),1)
+BIN := $(BUILD)/bin
+else
+BIN := bin
+endif
+
+.PHONY: all deps test test-unit test-san fuzz run clean
+all: $(BIN)/moed $(BIN)/moed-tests
+
+$(LIB): $(LIB_OBJ)
+	@mkdir -p $(@D)
+	rm -f $@ && ar rcs $@ $^
+
+$(BIN)/moed: $(MOED_OBJ) $(LIB)
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BIN)/moed-tests: $(TEST_OBJ) $(LIB)
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/%_avx2.o: %_avx2.c
+	@mkdir -p $(@D)
+	$(CC) $(CPPFLAGS) $(CFLAGS) $(ISA_AVX2) -MMD -MP -c $< -o $@
+
+$(BUILD)/%_avx512.o: %_avx512.c
+	@mkdir -p $(@D)
+	$(CC) $(CPPFLAGS) $(CFLAGS) $(ISA_AVX512) -MMD -MP -c $< -o $@
+
+$(BUILD)/%.o: %.c
+	@mkdir -p $(@D)
+	$(CC) $(CPPFLAGS) $(CFLAGS) -MMD -MP -c $< -o $@
+
+$(BUILD)/%.cu.o: %.cu
+	@mkdir -p $(@D)
+	$(NVCC) -I. -DMOED_HAVE_CUDA=1 -O2 -arch=$(CUDA_ARCH) -Xcompiler -Wall,-fPIC -MMD -MP -c $< -o $@
+
+-include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
+
+# ---- set-up and tests -------------------------------------------------------
+
+# Checks (and, as root, installs) the Debian packages the build and the tests
+# need; skipped when DEPS points at unpacked packages.
+deps:
+ifeq ($(DEPS),)
+	@sh tools/deps.sh
+endif
+
+test: deps
+	@MOED_SHARED=$(SHARED) sh tests/run.sh
+
+test-unit: $(BIN)/moed-tests
+	MOED_SHARED=$(SHARED) $(BIN)/moed-tests
+
+# libFuzzer targets (clang); FUZZ_SECONDS bounds each run.
+FUZZ_TARGETS := $(patsubst tests/fuzz/%.c,build-fuzz/%,$(wildcard tests/fuzz/fuzz_*.c))
+FUZZ_SRC := $(filter-out kernels/cuda/%,$(LIB_SRC)) kernels/cuda/nocuda.c
+FUZZ_FLAGS := -std=c11 -g -O1 -I. -D_GNU_SOURCE -fsanitize=fuzzer,address,undefined \
+              -fno-sanitize-recover=all $(ISA_AVX512)
+build-fuzz/fuzz_%: tests/fuzz/fuzz_%.c $(FUZZ_SRC)
+	@mkdir -p $(@D)
+	clang $(FUZZ_FLAGS) $(CPPFLAGS) -o $@ $^ $(filter-out -lstdc++ -lcudart_static,$(LDLIBS))
+
+fuzz: $(FUZZ_TARGETS)
+	@for t in $(FUZZ_TARGETS); do \
+	  n=$$(basename $$t); mkdir -p build-fuzz/corpus-$$n; \
+	  seeds=tests/fuzz/seeds/$$n; [ -d $$seeds ] || seeds=; \
+	  echo "fuzz: $$n for $(FUZZ_SECONDS) s"; \
+	  $$t -max_total_time=$(FUZZ_SECONDS) -max_len=65536 -print_final_stats=1 \
+	    build-fuzz/corpus-$$n $$seeds 2>build-fuzz/$$n.log || { tail -40 build-fuzz/$$n.log; exit 1; }; \
+	  grep -E 'stat::number_of_executed_units|stat::peak_rss' build-fuzz/$$n.log; \
+	done
+
+run: deps all
+	@echo "moed: the daemon (moed serve) is not written yet; bin/moed has: info, tokenize, bench-kernels, version"
+	bin/moed version
+
+clean:
+	rm -rf build build-san build-fuzz bin

@@ -1,0 +1,12 @@
+/* The subcommands of the one `moed` binary.  Each lives in daemon/cmd_*.c,
+ * takes argc/argv after the command name (argv[0] is the command) and
+ * returns the process exit status. */
+#ifndef MOED_DAEMON_CMDS_H
+#define MOED_DAEMON_CMDS_H
+
+int cmd_info(int argc, char **argv);          /* moed info FILE */
+int cmd_tokenize(int argc, char **argv);      /* moed tokenize -m FILE < text */
+int cmd_bench_kernels(int argc, char **argv); /* moed bench-kernels [...] */
+int cmd_version(int argc, char **argv);       /* moed version */
+
+#endif

@@ -1,0 +1,46 @@
+/*
+ * moed: one binary, one subcommand per user task.  main() only dispatches;
+ * each command parses its own flags and returns an exit status.
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include "daemon/cmds.h"
+
+static const struct {
+    const char *name;
+    int (*fn)(int, char **);
+    const char *help;
+} commands[] = {
+    {"info", cmd_info, "info FILE                 show a GGUF model's metadata, tensors and sizes"},
+    {"tokenize", cmd_tokenize, "tokenize -m FILE [...]    read text on stdin, print token ids"},
+    {"bench-kernels", cmd_bench_kernels, "bench-kernels [...]       CPU matvec/matmul throughput per type"},
+    {"version", cmd_version, "version                   build, CPU ISA and CUDA status"},
+};
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: moed COMMAND [ARGS]\n\ncommands:\n");
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        fprintf(f, "  %s\n", commands[i].help);
+    fprintf(f, "\n`moed COMMAND --help` describes a command's options.\n");
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        usage(stderr);
+        return 2;
+    }
+    if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
+        usage(stdout);
+        return 0;
+    }
+    if (!strcmp(argv[1], "--version"))
+        return cmd_version(argc - 1, argv + 1);
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        if (!strcmp(argv[1], commands[i].name))
+            return commands[i].fn(argc - 1, argv + 1);
+    fprintf(stderr, "moed: unknown command '%s' (try `moed --help`)\n", argv[1]);
+    return 2;
+}
