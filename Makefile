@@ -40,7 +40,7 @@ endif
 CPPFLAGS += -I. -D_GNU_SOURCE
 CFLAGS   += -std=c11 -O2 -g -pthread -Wall -Wextra -Wshadow -Wno-unused-parameter \
             -fno-strict-aliasing
-LDLIBS   += -lpcre2-8 -lm -pthread
+LDLIBS   += -luv -lcjson -lhwloc -lpcre2-8 -lm -pthread
 ifeq ($(WERROR),1)
 CFLAGS   += -Werror
 endif
@@ -54,6 +54,10 @@ DEPLIB   := $(DEPS)/usr/lib/x86_64-linux-gnu
 CPPFLAGS += -I$(DEPS)/usr/include -I$(DEPS)/usr/include/x86_64-linux-gnu
 LDFLAGS  += -L$(DEPLIB) -Wl,-rpath,$(DEPLIB)
 endif
+# llhttp ships as C sources (Debian's node-llhttp); they are compiled into
+# the library with their own, relaxed warning flags.
+LLHTTP_DIR := $(DEPS)/usr/share/llhttp
+CPPFLAGS += -I$(DEPS)/usr/share/include/llhttp
 
 ISA_AVX2   := -mavx2 -mfma -mf16c
 ISA_AVX512 := -mavx2 -mfma -mf16c -mavx512f -mavx512bw -mavx512vl -mavx512dq \
@@ -61,7 +65,8 @@ ISA_AVX512 := -mavx2 -mfma -mf16c -mavx512f -mavx512bw -mavx512vl -mavx512dq \
 
 LIB_DIRS := common kernels/cpu kernels/cuda model sched cache conf api
 LIB_SRC  := $(foreach d,$(LIB_DIRS),$(wildcard $(d)/*.c))
-LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o)
+LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o) \
+            $(patsubst $(LLHTTP_DIR)/%.c,$(BUILD)/llhttp/%.o,$(wildcard $(LLHTTP_DIR)/*.c))
 ifeq ($(HAVE_CUDA),1)
 CUDA_HOME ?= $(patsubst %/bin/,%,$(dir $(shell command -v $(NVCC))))
 CU_SRC   := $(foreach d,$(LIB_DIRS),$(wildcard $(d)/*.cu))
@@ -107,6 +112,10 @@ $(BUILD)/%_avx512.o: %_avx512.c
 $(BUILD)/%.o: %.c
 	@mkdir -p $(@D)
 	$(CC) $(CPPFLAGS) $(CFLAGS) -MMD -MP -c $< -o $@
+
+$(BUILD)/llhttp/%.o: $(LLHTTP_DIR)/%.c
+	@mkdir -p $(@D)
+	$(CC) $(CPPFLAGS) -std=c11 -O2 -g $(filter -fsanitize%,$(CFLAGS)) -w -c $< -o $@
 
 $(BUILD)/%.cu.o: %.cu
 	@mkdir -p $(@D)
