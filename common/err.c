@@ -43,7 +43,14 @@ int moed_err_wrap(struct moed_err *e, const char *fmt, ...)
     va_start(ap, fmt);
     int n = vsnprintf(e->msg, sizeof e->msg, fmt, ap);
     va_end(ap);
-    if (n >= 0 && (size_t)n < sizeof e->msg)
-        snprintf(e->msg + n, sizeof e->msg - (size_t)n, ": %s", old);
+    /* append ": old", truncated to fit (a long context may cut the cause) */
+    size_t used = n < 0 ? 0 : (size_t)n, room = sizeof e->msg;
+    if (used + 3 < room) {
+        size_t k = strnlen(old, room - used - 3);
+        e->msg[used] = ':';
+        e->msg[used + 1] = ' ';
+        memcpy(e->msg + used + 2, old, k);
+        e->msg[used + 2 + k] = 0;
+    }
     return e->code;
 }
