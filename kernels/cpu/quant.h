@@ -73,4 +73,37 @@ int kern_quant_row_ref(uint32_t type, const float *src, void *dst, int64_t n);
  */
 int kern_vec_dot_type(uint32_t type);
 
+/*
+ * Sub-block scales of the k-quants, shared by the reference and the SIMD
+ * kernels so the bit layout is written down once.
+ *
+ * Q4_K/Q5_K: eight 6-bit scales sc[j] and mins m[j] in 12 bytes q[]:
+ *   j < 4:  sc = q[j] & 63,                     m = q[j+4] & 63
+ *   j >= 4: sc = (q[j+4] & 15) | (q[j-4] >> 6) << 4,
+ *           m  = (q[j+4] >> 4) | (q[j]   >> 6) << 4
+ * (ggml's get_scale_min_k4).
+ */
+static inline void kern_q4_K_scale_min(int j, const uint8_t *q, uint8_t *sc, uint8_t *m)
+{
+    if (j < 4) {
+        *sc = q[j] & 63;
+        *m = q[j + 4] & 63;
+    } else {
+        *sc = (uint8_t)((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4));
+        *m = (uint8_t)((q[j + 4] >> 4) | ((q[j] >> 6) << 4));
+    }
+}
+
+/*
+ * Q3_K: sixteen 6-bit scales stored with a bias of 32 in 12 bytes q[]:
+ * low 4 bits in q[j] (j < 8) or q[j-8] >> 4 (j >= 8), high 2 bits in
+ * bits 2*(j/4) of q[8 + j%4].  Returns the signed scale, -32..31.
+ */
+static inline int kern_q3_K_scale(int j, const uint8_t *q)
+{
+    int lo = j < 8 ? (q[j] & 0xF) : (q[j - 8] >> 4);
+    int hi = (q[8 + (j & 3)] >> (2 * (j >> 2))) & 3;
+    return (lo | (hi << 4)) - 32;
+}
+
 #endif
