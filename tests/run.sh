@@ -9,9 +9,18 @@ mkdir -p "$log"
 status=0
 total_pass=0 total_fail=0 total_skip=0
 
-tally() { # $1 = log file with a "N passed, N failed, N skipped" line
+tally() { # $1 = log file with a "N passed, N failed, N skipped" line (ours or pytest's)
     line=$(grep -E '^[a-z-]+: [0-9]+ passed, [0-9]+ failed' "$1" | tail -1)
-    [ -n "$line" ] || return
+    if [ -z "$line" ]; then # pytest: "3 failed, 29 passed, 2 skipped in 8.5s"
+        line=$(grep -E '[0-9]+ (passed|failed)' "$1" | tail -1)
+        [ -n "$line" ] || return
+        p=$(echo "$line" | sed -nE 's/.*\b([0-9]+) passed.*/\1/p')
+        f=$(echo "$line" | sed -nE 's/.*\b([0-9]+) failed.*/\1/p')
+        s=$(echo "$line" | sed -nE 's/.*\b([0-9]+) skipped.*/\1/p')
+        total_pass=$((total_pass + ${p:-0})) total_fail=$((total_fail + ${f:-0}))
+        total_skip=$((total_skip + ${s:-0}))
+        return
+    fi
     p=$(echo "$line" | sed -E 's/.* ([0-9]+) passed.*/\1/')
     f=$(echo "$line" | sed -E 's/.* ([0-9]+) failed.*/\1/')
     s=$(echo "$line" | sed -nE 's/.* ([0-9]+) skipped.*/\1/p')
@@ -22,7 +31,7 @@ step() { # $1 = name, rest = command; output to the log, tail on failure
     name=$1; shift
     echo "== $name"
     if "$@" >"$log/$name.log" 2>&1; then
-        grep -E '^(skip|[a-z-]+: [0-9]+ passed)' "$log/$name.log"
+        grep -E '^(skip|[a-z-]+: [0-9]+ passed)|[0-9]+ passed' "$log/$name.log"
     else
         echo "!! $name failed; last lines of $log/$name.log:"
         tail -60 "$log/$name.log"
@@ -40,6 +49,11 @@ if command -v clang >/dev/null; then
 else
     echo "skip fuzz: skipped: clang not installed"
 fi
+# Python-driven tests run with Debian's python3 (deps.sh installs pytest and
+# numpy for it), whatever python3 comes first on PATH.
+PY=/usr/bin/python3
+[ -x "$PY" ] || PY=python3
+step pytest "$PY" -m pytest -q -p no:cacheprovider tests/py
 echo "tests: $total_pass passed, $total_fail failed, $total_skip skipped"
 [ "$total_fail" = 0 ] || status=1
 exit $status

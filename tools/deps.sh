@@ -2,8 +2,8 @@
 # Checks that the Debian packages moed's build and tests need are installed.
 # As root it installs the missing ones; otherwise it prints the exact
 # apt-get line and fails.
-PKGS="gcc make clang libc6-dev pkg-config python3 libuv1-dev libcjson-dev node-llhttp \
-libopenblas-dev libhwloc-dev libpcre2-dev"
+PKGS="gcc make clang libc6-dev pkg-config python3 python3-pytest python3-numpy libuv1-dev \
+libcjson-dev node-llhttp libopenblas-dev libhwloc-dev libpcre2-dev"
 missing=
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" ||
