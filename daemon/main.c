@@ -16,6 +16,8 @@ static const struct {
     {"tokenize", cmd_tokenize, "tokenize -m FILE [...]    read text on stdin, print token ids"},
     {"bench-kernels", cmd_bench_kernels, "bench-kernels [...]       CPU matvec/matmul throughput per type"},
     {"version", cmd_version, "version                   build, CPU ISA and CUDA status"},
+    {"check-config", cmd_check_config, "check-config [FILE] [...] check a configuration, print the effective one"},
+    {"config", cmd_config, "config --help|--example   every option's help; the example moed.conf"},
 };
 
 static void usage(FILE *f)
