@@ -99,7 +99,9 @@ struct gguf {
     void *priv;  /* reader internals (name index ...) */
 };
 
-/* Map and validate a file. On error *g is left closed and e names the problem. */
+/* Map and validate a file. On error *g is left closed and e names the problem
+ * (gguf_open's messages start with the path, gguf_open_mem's do not).
+ * Arrays may nest up to 8 levels; any byte string is a valid key or name. */
 int gguf_open(struct gguf *g, const char *path, struct moed_err *e);
 /* Validate a caller-owned buffer (tests, fuzzing); buf must outlive g. */
 int gguf_open_mem(struct gguf *g, const void *buf, size_t size, struct moed_err *e);
@@ -121,6 +123,9 @@ int gguf_get_i32(const struct gguf *g, const char *key, int32_t *out, struct moe
 int gguf_get_f32(const struct gguf *g, const char *key, float *out, struct moed_err *e);
 int gguf_get_bool(const struct gguf *g, const char *key, bool *out, struct moed_err *e);
 int gguf_get_str(const struct gguf *g, const char *key, struct gguf_str *out, struct moed_err *e);
+/* Added: the same for i64 (any integer that fits) and f64 (F32 or F64). */
+int gguf_get_i64(const struct gguf *g, const char *key, int64_t *out, struct moed_err *e);
+int gguf_get_f64(const struct gguf *g, const char *key, double *out, struct moed_err *e);
 /* An array whose elements have type elem; *out points at the array value. */
 int gguf_get_arr(const struct gguf *g, const char *key, enum gguf_vtype elem,
                  const struct gguf_value **out, struct moed_err *e);
@@ -129,6 +134,8 @@ int gguf_get_arr(const struct gguf *g, const char *key, enum gguf_vtype elem,
 struct gguf_str gguf_arr_str(const struct gguf_value *arr, uint64_t i);
 int64_t gguf_arr_int(const struct gguf_value *arr, uint64_t i); /* any integer elem */
 double gguf_arr_float(const struct gguf_value *arr, uint64_t i); /* F32/F64 elem */
+/* Added: element i of an array of strings or of arrays, as a value. */
+const struct gguf_value *gguf_arr_item(const struct gguf_value *arr, uint64_t i);
 
 /* Convenience: compare a gguf_str with a C string. */
 bool gguf_str_eq(struct gguf_str s, const char *c);
@@ -150,8 +157,21 @@ const char *gguf_vtype_name(uint32_t t);
  */
 struct gguf_writer;
 
+/* NULL for another version or when out of memory. */
 struct gguf_writer *gguf_writer_new(uint32_t version /* 2 or 3 */);
 void gguf_writer_free(struct gguf_writer *w);
+/*
+ * Added: setters and gguf_writer_add_tensor return 0 or MOED_EINVAL /
+ * MOED_ENOMEM, and record a message naming the key or tensor; this returns
+ * the first such message, or NULL.  That first failure is sticky: begin,
+ * write_file and write_mem then fail with it rather than write a file that
+ * lacks something the caller asked for.  The writer accepts only what the
+ * reader accepts (general.alignment a u32 power of two, bools 0 or 1,
+ * arrays nested at most 8 deep, tensor shapes as the reader checks them).
+ * A stream that fails, or ends with tensor data missing, removes its file.
+ * write_data pieces must not cross a tensor's end.
+ */
+const char *gguf_writer_error(const struct gguf_writer *w);
 
 /* Setters replace an existing key of the same name. */
 int gguf_writer_set_u8(struct gguf_writer *w, const char *key, uint8_t v);

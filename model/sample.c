@@ -167,7 +167,7 @@ static void model_logprobs(const float *logits, int32_t n_vocab, int32_t n_top,
     float lse = mx + (float)log(sum);
     out->logprob = logits[out->token] - lse;
     out->n_top = 0;
-    for (int32_t i = 0; i < n_vocab; i++) {
+    for (int32_t i = 0; i < n_vocab && n_top > 0; i++) {
         struct sample_token_prob t = {i, logits[i]};
         int32_t m = out->n_top;
         if (m == n_top && !better(t, out->top[m - 1]))
