@@ -143,6 +143,9 @@ test-unit: $(BIN)/moed-tests
 # FUZZ_SECONDS bounds each run.
 FUZZ_TARGETS := $(patsubst tests/fuzz/%.c,build-fuzz/%,$(wildcard tests/fuzz/fuzz_*.c))
 FUZZ_SRC_fuzz_gguf := common/err.c kernels/cpu/types.c model/gguf.c model/gguf_write.c
+FUZZ_SRC_fuzz_tok := common/err.c kernels/cpu/types.c model/gguf.c model/tok.c model/tok_bpe.c \
+                     model/tok_dec.c model/tok_enc.c model/tok_map.c model/tok_pre.c \
+                     model/tok_spm.c model/tok_utf8.c
 FUZZ_FLAGS := -std=c11 -g -O1 -I. -D_GNU_SOURCE -fsanitize=fuzzer,address,undefined \
               -fno-sanitize-recover=all
 .SECONDEXPANSION:
