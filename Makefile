@@ -78,6 +78,8 @@ endif
 
 MOED_OBJ  := $(patsubst %.c,$(BUILD)/%.o,$(wildcard daemon/*.c))
 TEST_OBJ  := $(patsubst %.c,$(BUILD)/%.o,$(wildcard tests/unit/*.c))
+# moed-mkmodel: tools/mkmodel.c is its main; the rest is linked into the tests too
+MKMODEL_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(wildcard tools/mkmodel_*.c))
 LIB       := $(BUILD)/libmoed.a
 
 ifeq ($(SAN),1)
@@ -87,7 +89,7 @@ BIN := bin
 endif
 
 .PHONY: all deps test test-unit test-san fuzz run clean
-all: $(BIN)/moed $(BIN)/moed-tests
+all: $(BIN)/moed $(BIN)/moed-tests $(BIN)/moed-mkmodel
 
 $(LIB): $(LIB_OBJ)
 	@mkdir -p $(@D)
@@ -97,7 +99,11 @@ $(BIN)/moed: $(MOED_OBJ) $(LIB)
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
-$(BIN)/moed-tests: $(TEST_OBJ) $(LIB)
+$(BIN)/moed-mkmodel: $(BUILD)/tools/mkmodel.o $(MKMODEL_OBJ) $(LIB)
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BIN)/moed-tests: $(TEST_OBJ) $(MKMODEL_OBJ) $(LIB)
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
@@ -146,12 +152,14 @@ FUZZ_SRC_fuzz_gguf := common/err.c kernels/cpu/types.c model/gguf.c model/gguf_w
 FUZZ_SRC_fuzz_tok := common/err.c kernels/cpu/types.c model/gguf.c model/tok.c model/tok_bpe.c \
                      model/tok_dec.c model/tok_enc.c model/tok_map.c model/tok_pre.c \
                      model/tok_spm.c model/tok_utf8.c
+FUZZ_SRC_fuzz_oai := common/err.c model/sample.c api/oai_err.c api/oai_req.c api/oai_resp.c \
+                     api/oai_text.c
 FUZZ_FLAGS := -std=c11 -g -O1 -I. -D_GNU_SOURCE -fsanitize=fuzzer,address,undefined \
               -fno-sanitize-recover=all
 .SECONDEXPANSION:
 build-fuzz/fuzz_%: tests/fuzz/fuzz_%.c $$(FUZZ_SRC_fuzz_$$*)
 	@mkdir -p $(@D)
-	clang $(FUZZ_FLAGS) $(CPPFLAGS) -o $@ $^ -lpcre2-8 -lm -pthread
+	clang $(FUZZ_FLAGS) $(CPPFLAGS) -o $@ $^ -lcjson -lpcre2-8 -lm -pthread
 
 fuzz: $(FUZZ_TARGETS)
 	@for t in $(FUZZ_TARGETS); do \
