@@ -53,7 +53,7 @@ fi
 # numpy for it), whatever python3 comes first on PATH.
 PY=/usr/bin/python3
 [ -x "$PY" ] || PY=python3
-step pytest "$PY" -m pytest -q -p no:cacheprovider tests/py
+step pytest "$PY" -m pytest -q -rs -p no:cacheprovider tests/py
 echo "tests: $total_pass passed, $total_fail failed, $total_skip skipped"
 [ "$total_fail" = 0 ] || status=1
 exit $status
