@@ -1,0 +1,444 @@
+/*
+ * moed run -m FILE -p PROMPT [-n N] [sampling flags] [--threads N] ...
+ *
+ * One-shot generation on the CPU: tokenize the prompt, prefill it in
+ * batches, then decode one token per step, streaming the text to stdout as
+ * it comes (the streaming detokenizer keeps UTF-8 characters whole), until
+ * N tokens or an end-of-generation token.  On stderr: the model, then the
+ * prefill and decode speeds.
+ *
+ * Exit status: 0, 1 for a runtime error (one line on stderr), 2 for a
+ * usage error.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "daemon/cmds.h"
+#include "kernels/cpu/isa.h"
+#include "kernels/cpu/types.h"
+#include "model/forward.h"
+#include "model/model.h"
+#include "model/sample.h"
+#include "model/tok.h"
+#include "sched/pool.h"
+
+static const char usage[] =
+    "usage: moed run -m FILE -p PROMPT [-n N] [options]\n"
+    "\n"
+    "Generate text from a prompt on the CPU; prints the text on stdout and the prefill and\n"
+    "decode speeds on stderr.\n"
+    "\n"
+    "  -m, --model FILE          GGUF model\n"
+    "  -p, --prompt TEXT         prompt\n"
+    "  -n, --n-predict N         tokens to generate (default 64)\n"
+    "  --temp X                  temperature; 0 is greedy (default 0.8)\n"
+    "  --top-k N                 keep the N most likely tokens; 0 off (default 40)\n"
+    "  --top-p X                 nucleus sampling; 1 off (default 0.95)\n"
+    "  --min-p X                 drop tokens below X times the best; 0 off (default 0.05)\n"
+    "  --repeat-penalty X        penalise repeats of the last 64 tokens; 1 off (default 1)\n"
+    "  --presence-penalty X      OpenAI presence penalty (default 0)\n"
+    "  --frequency-penalty X     OpenAI frequency penalty (default 0)\n"
+    "  --seed N                  random seed (default: from the clock; printed)\n"
+    "  --threads N               CPU threads (default: online CPUs)\n"
+    "  --ctx N                   KV cache positions (default: prompt + N)\n"
+    "  --batch N                 prompt tokens per prefill step (default 256)\n"
+    "  --kv-type f32|f16         KV cache storage (default f32; f16 halves the memory but its\n"
+    "                            attention is slower until it has a kernel)\n"
+    "  --special                 match control tokens (<|im_start|> ...) written in the prompt\n"
+    "  --echo                    print the prompt before the generated text\n"
+    "  --profile                 print where the time of prefill and decode went\n"
+    "  -h, --help                this text\n";
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static int parse_long(const char *flag, const char *s, long lo, long hi, long *out)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || end == s || *end || v < lo || v > hi) {
+        fprintf(stderr, "moed run: %s '%s': expected an integer in %ld..%ld\n", flag, s, lo, hi);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+static int parse_float(const char *flag, const char *s, float *out)
+{
+    char *end;
+    errno = 0;
+    float v = strtof(s, &end);
+    if (errno || end == s || *end) {
+        fprintf(stderr, "moed run: %s '%s': expected a number\n", flag, s);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+struct run_args {
+    const char *model, *prompt;
+    long n_predict, threads, n_ctx, batch;
+    uint32_t kv_type;
+    bool special, echo, seed_given, profile;
+    struct sample_params sp;
+};
+
+/* 0, 1 (error printed) or 2 (usage error printed); -1 after --help. */
+static int parse_args(int argc, char **argv, struct run_args *a)
+{
+    a->n_predict = 64;
+    a->batch = 256;
+    a->kv_type = KT_F32;
+    a->sp = sample_params_default();
+    a->sp.temperature = 0.8f;
+    a->sp.top_k = 40;
+    a->sp.top_p = 0.95f;
+    a->sp.min_p = 0.05f;
+    for (int i = 1; i < argc; i++) {
+        const char *f = argv[i];
+        if (!strcmp(f, "-h") || !strcmp(f, "--help")) {
+            fputs(usage, stdout);
+            return -1;
+        }
+        if (!strcmp(f, "--special")) {
+            a->special = true;
+            continue;
+        }
+        if (!strcmp(f, "--echo")) {
+            a->echo = true;
+            continue;
+        }
+        if (!strcmp(f, "--profile")) {
+            a->profile = true;
+            continue;
+        }
+        if (i + 1 >= argc) {
+            fprintf(stderr, "moed run: %s needs a value (try --help)\n", f);
+            return 2;
+        }
+        const char *v = argv[++i];
+        long l;
+        int rc = 0;
+        if (!strcmp(f, "-m") || !strcmp(f, "--model"))
+            a->model = v;
+        else if (!strcmp(f, "-p") || !strcmp(f, "--prompt"))
+            a->prompt = v;
+        else if (!strcmp(f, "-n") || !strcmp(f, "--n-predict"))
+            rc = parse_long(f, v, 0, 1 << 24, &a->n_predict);
+        else if (!strcmp(f, "--temp"))
+            rc = parse_float(f, v, &a->sp.temperature);
+        else if (!strcmp(f, "--top-k")) {
+            if (!(rc = parse_long(f, v, 0, INT32_MAX, &l)))
+                a->sp.top_k = (int32_t)l;
+        } else if (!strcmp(f, "--top-p"))
+            rc = parse_float(f, v, &a->sp.top_p);
+        else if (!strcmp(f, "--min-p"))
+            rc = parse_float(f, v, &a->sp.min_p);
+        else if (!strcmp(f, "--repeat-penalty"))
+            rc = parse_float(f, v, &a->sp.repeat_penalty);
+        else if (!strcmp(f, "--presence-penalty"))
+            rc = parse_float(f, v, &a->sp.presence_penalty);
+        else if (!strcmp(f, "--frequency-penalty"))
+            rc = parse_float(f, v, &a->sp.frequency_penalty);
+        else if (!strcmp(f, "--seed")) {
+            char *end;
+            errno = 0;
+            a->sp.seed = strtoull(v, &end, 10);
+            if (errno || end == v || *end || *v == '-') {
+                fprintf(stderr, "moed run: --seed '%s': expected an unsigned integer\n", v);
+                rc = -1;
+            }
+            a->seed_given = true;
+        } else if (!strcmp(f, "--threads"))
+            rc = parse_long(f, v, 1, 4096, &a->threads);
+        else if (!strcmp(f, "--ctx"))
+            rc = parse_long(f, v, 1, INT32_MAX, &a->n_ctx);
+        else if (!strcmp(f, "--batch"))
+            rc = parse_long(f, v, 1, 1 << 16, &a->batch);
+        else if (!strcmp(f, "--kv-type")) {
+            if (!strcmp(v, "f16"))
+                a->kv_type = KT_F32;
+            else if (!strcmp(v, "f32"))
+                a->kv_type = KT_F32;
+            else {
+                fprintf(stderr, "moed run: --kv-type '%s': expected f16 or f32\n", v);
+                rc = -1;
+            }
+        } else {
+            fprintf(stderr, "moed run: unknown argument '%s' (try --help)\n", f);
+            return 2;
+        }
+        if (rc)
+            return 2;
+    }
+    if (!a->model || !a->prompt) {
+        fprintf(stderr, "moed run: -m FILE and -p PROMPT are required (try --help)\n");
+        return 2;
+    }
+    struct moed_err e = {0};
+    if (sample_params_check(&a->sp, &e)) {
+        fprintf(stderr, "moed run: %s\n", e.msg);
+        return 2;
+    }
+    if (!a->seed_given)
+        a->sp.seed = (uint64_t)time(NULL) ^ ((uint64_t)clock() << 32);
+    return 0;
+}
+
+/* Everything a run owns, freed by run_free whatever was set up. */
+struct run {
+    struct model m;
+    struct tok *tok;
+    struct sched_pool *pool;
+    struct fwd *fwd;
+    struct kv_seq kv;
+    struct sampler smp;
+    bool smp_ok;
+    struct tok_stream ts;
+    bool ts_ok;
+    struct tok_ids ids; /* prompt, then generated tokens */
+    float *logits;
+};
+
+static void run_free(struct run *r)
+{
+    free(r->logits);
+    tok_ids_free(&r->ids);
+    if (r->ts_ok)
+        tok_stream_free(&r->ts);
+    if (r->smp_ok)
+        sampler_free(&r->smp);
+    kv_seq_free(&r->kv);
+    fwd_free(r->fwd);
+    sched_pool_free(r->pool);
+    tok_free(r->tok);
+    model_close(&r->m);
+}
+
+static int push_id(struct tok_ids *ids, int32_t id)
+{
+    if (ids->n == ids->cap) {
+        size_t cap = ids->cap ? 2 * ids->cap : 64;
+        int32_t *v = realloc(ids->v, cap * sizeof *v);
+        if (!v)
+            return -1;
+        ids->v = v;
+        ids->cap = cap;
+    }
+    ids->v[ids->n++] = id;
+    return 0;
+}
+
+/* One line: each phase's share of a part's time. */
+static void print_profile(const char *part, const struct fwd *f, double total)
+{
+    struct fwd_stats st;
+    fwd_stats_get(f, &st);
+    fprintf(stderr, "moed run: %s profile (%" PRId64 " steps):", part, st.steps);
+    for (int ph = 0; ph < FWD_PH_COUNT; ph++)
+        fprintf(stderr, " %s %.1f ms", fwd_phase_name((enum fwd_phase)ph), st.seconds[ph] * 1e3);
+    double sum = 0;
+    for (int ph = 0; ph < FWD_PH_COUNT; ph++)
+        sum += st.seconds[ph];
+    fprintf(stderr, "; outside steps %.1f ms\n", (total - sum) * 1e3);
+}
+
+static int generate(struct run *r, const struct run_args *a)
+{
+    struct moed_err e = {0};
+    int32_t n_prompt = (int32_t)r->ids.n;
+    int32_t *pos = malloc(sizeof(int32_t) * (size_t)a->batch);
+    int32_t *seq = calloc((size_t)a->batch, sizeof(int32_t));
+    bool *want = malloc(sizeof(bool) * (size_t)a->batch);
+    if (!pos || !seq || !want) {
+        fprintf(stderr, "moed run: out of memory\n");
+        free(pos);
+        free(seq);
+        free(want);
+        return 1;
+    }
+
+    /* prefill: the prompt in batches, logits for its last token only */
+    double t0 = now_s();
+    for (int32_t i0 = 0; i0 < n_prompt; i0 += (int32_t)a->batch) {
+        int32_t n = n_prompt - i0 < a->batch ? n_prompt - i0 : (int32_t)a->batch;
+        for (int32_t i = 0; i < n; i++) {
+            pos[i] = i0 + i;
+            want[i] = i0 + i == n_prompt - 1;
+        }
+        struct kv_seq *seqs[1] = {&r->kv};
+        struct fwd_batch b = {n, r->ids.v + i0, pos, seq, want};
+        if (fwd_step(r->fwd, &b, seqs, 1, r->logits, &e)) {
+            fprintf(stderr, "moed run: prefill: %s\n", e.msg);
+            free(pos);
+            free(seq);
+            free(want);
+            return 1;
+        }
+    }
+    free(pos);
+    free(seq);
+    free(want);
+    double t_prefill = now_s() - t0;
+    if (a->profile) {
+        print_profile("prefill", r->fwd, t_prefill);
+        fwd_stats_reset(r->fwd);
+    }
+
+    /* decode: sample from the last logits, show the token, feed it back */
+    double t1 = now_s();
+    int32_t n_steps = 0, n_gen = 0;
+    const char *eos_note = "";
+    while (n_gen < a->n_predict) {
+        struct sample_result res;
+        if (sampler_sample(&r->smp, r->logits, r->ids.v, (int32_t)r->ids.n, &res)) {
+            fprintf(stderr, "\nmoed run: sampling failed\n");
+            return 1;
+        }
+        if (tok_is_eog(r->tok, res.token)) {
+            eos_note = " (end of generation)";
+            break;
+        }
+        if (push_id(&r->ids, res.token)) {
+            fprintf(stderr, "\nmoed run: out of memory\n");
+            return 1;
+        }
+        n_gen++;
+        const char *text;
+        size_t len;
+        if (res.token < (int32_t)tok_n_vocab(r->tok) &&
+            !tok_stream_feed(&r->ts, res.token, &text, &len, &e)) {
+            fwrite(text, 1, len, stdout);
+            fflush(stdout);
+        }
+        if (n_gen >= a->n_predict)
+            break;
+        int32_t p = (int32_t)r->ids.n - 1, s = 0;
+        bool w = true;
+        struct kv_seq *seqs[1] = {&r->kv};
+        struct fwd_batch b = {1, &res.token, &p, &s, &w};
+        if (fwd_step(r->fwd, &b, seqs, 1, r->logits, &e)) {
+            fprintf(stderr, "\nmoed run: decode: %s\n", e.msg);
+            return 1;
+        }
+        n_steps++;
+    }
+    double t_decode = now_s() - t1;
+    if (a->profile)
+        print_profile("decode", r->fwd, t_decode);
+    const char *text;
+    size_t len;
+    tok_stream_flush(&r->ts, &text, &len);
+    fwrite(text, 1, len, stdout);
+    fputc('\n', stdout);
+    fflush(stdout);
+
+    fprintf(stderr, "moed run: prefill %d tokens in %.1f ms: %.1f tok/s\n", n_prompt,
+            t_prefill * 1e3, n_prompt / (t_prefill > 0 ? t_prefill : 1e-9));
+    fprintf(stderr, "moed run: decode %d tokens in %.1f ms: %.1f tok/s (%d steps)%s\n", n_gen,
+            t_decode * 1e3, n_steps ? n_steps / t_decode : 0.0, n_steps, eos_note);
+    return 0;
+}
+
+int cmd_run(int argc, char **argv)
+{
+    struct run_args a = {0};
+    int rc = parse_args(argc, argv, &a);
+    if (rc)
+        return rc < 0 ? 0 : rc;
+
+    struct run r = {0};
+    struct moed_err e = {0};
+    double t0 = now_s();
+    if (model_open(&r.m, a.model, &e)) {
+        fprintf(stderr, "moed run: %s\n", e.msg);
+        return 1;
+    }
+    const struct model_hparams *hp = &r.m.hp;
+    rc = 1;
+    if (tok_load(&r.tok, r.m.gguf, &e)) {
+        fprintf(stderr, "moed run: %s: tokenizer: %s\n", a.model, e.msg);
+        goto out;
+    }
+    if (*tok_warning(r.tok))
+        fprintf(stderr, "moed run: %s: tokenizer: %s\n", a.model, tok_warning(r.tok));
+    unsigned flags = tok_enc_defaults(r.tok) | (a.special ? TOK_ENC_SPECIAL : 0);
+    if (tok_encode(r.tok, a.prompt, strlen(a.prompt), flags, &r.ids, &e)) {
+        fprintf(stderr, "moed run: prompt: %s\n", e.msg);
+        goto out;
+    }
+    if (r.ids.n == 0) {
+        fprintf(stderr, "moed run: the prompt is empty and the vocabulary adds no BOS token\n");
+        goto out;
+    }
+    long n_ctx = a.n_ctx ? a.n_ctx : (long)r.ids.n + a.n_predict;
+    if ((long)r.ids.n + a.n_predict > n_ctx)
+        fprintf(stderr,
+                "moed run: note: --ctx %ld holds %zu prompt tokens + %ld: generation stops "
+                "at the end of the cache\n",
+                n_ctx, r.ids.n, a.n_predict);
+    if (n_ctx > INT32_MAX) {
+        fprintf(stderr, "moed run: context of %ld positions is too large\n", n_ctx);
+        goto out;
+    }
+    if (hp->n_ctx_train && n_ctx > hp->n_ctx_train)
+        fprintf(stderr, "moed run: note: context %ld is longer than the model's %d\n", n_ctx,
+                hp->n_ctx_train);
+    if ((long)r.ids.n > n_ctx) {
+        fprintf(stderr, "moed run: the prompt has %zu tokens, more than --ctx %ld\n", r.ids.n,
+                n_ctx);
+        goto out;
+    }
+    /* the decode loop stops where the cache ends */
+    if ((long)r.ids.n + a.n_predict > n_ctx)
+        a.n_predict = n_ctx - (long)r.ids.n + 1;
+
+    if (a.batch > (long)r.ids.n)
+        a.batch = (long)r.ids.n;
+    if (sched_pool_init(&r.pool, &(struct sched_pool_opts){.nthreads = (int)a.threads}, &e) ||
+        fwd_init(&r.fwd, &r.m, &(struct fwd_opts){.max_batch = (int32_t)a.batch, .pool = r.pool},
+                 &e) ||
+        kv_seq_init(&r.kv, &r.m, (int32_t)n_ctx, a.kv_type, &e) ||
+        sampler_init(&r.smp, &a.sp, hp->n_vocab, &e)) {
+        fprintf(stderr, "moed run: %s\n", e.msg);
+        goto out;
+    }
+    r.smp_ok = true;
+    if (tok_stream_init(&r.ts, r.tok, 0, &e)) {
+        fprintf(stderr, "moed run: %s\n", e.msg);
+        goto out;
+    }
+    r.ts_ok = true;
+    r.logits = malloc(sizeof(float) * (size_t)hp->n_vocab);
+    if (!r.logits) {
+        fprintf(stderr, "moed run: out of memory\n");
+        goto out;
+    }
+    fprintf(stderr,
+            "moed run: %s: %s, %d layers, d %d, %d experts top %d, %.2f GiB, loaded in %.0f ms; "
+            "%d thread%s, %s\n",
+            a.model, model_arch_name(hp->arch), hp->n_layer, hp->n_embd, hp->n_expert,
+            hp->n_expert_used, (double)model_weight_bytes(&r.m) / (1 << 30), (now_s() - t0) * 1e3,
+            sched_pool_size(r.pool), sched_pool_size(r.pool) == 1 ? "" : "s", kern_isa_describe());
+    if (a.sp.temperature > 0)
+        fprintf(stderr, "moed run: seed %" PRIu64 "\n", a.sp.seed);
+    if (a.echo) {
+        fputs(a.prompt, stdout);
+        fflush(stdout);
+    }
+    rc = generate(&r, &a);
+out:
+    run_free(&r);
+    return rc;
+}
