@@ -6,6 +6,8 @@
 DIR holds tokenizer.json + tokenizer_config.json (byte-level BPE) or
 tokenizer.model (SentencePiece), and, for a full conversion, config.json and
 *.safetensors (model.safetensors or shards with model.safetensors.index.json).
+A full conversion without tokenizer files (random-init test models) writes
+tokenizer.ggml.model = "none" and <arch>.vocab_size instead of a vocabulary.
 
 --vocab-only needs the Python standard library only.  Weights need numpy
 (no torch, no safetensors package: the safetensors reader is below).
@@ -510,6 +512,11 @@ def load_vocab(dir_: Path, config: dict | None = None, arch: str | None = None) 
     raise ConvertError(f"{dir_}: no tokenizer.json or tokenizer.model")
 
 
+def has_tokenizer(dir_: Path) -> bool:
+    """Whether dir_ holds tokenizer files that load_vocab reads."""
+    return (dir_ / "tokenizer.json").is_file() or (dir_ / "tokenizer.model").is_file()
+
+
 def _is_byte_level(tj: dict) -> bool:
     def has(node: Any) -> bool:
         if isinstance(node, dict):
@@ -940,7 +947,15 @@ def convert(dir_: Path, out: Path, outtype: str = "f16", vocab_only: bool = Fals
             raise ConvertError("converting weights needs numpy (pip install numpy)")
         _check_supported(arch, cfg)
 
-    vocab = load_vocab(dir_, cfg, arch)
+    vocab: Vocab | None
+    if vocab_only or has_tokenizer(dir_):
+        vocab = load_vocab(dir_, cfg, arch)
+    else:
+        # moed: a checkpoint without tokenizer files (random-init test models)
+        # converts to a file with tokenizer.ggml.model = "none" (llama.cpp's
+        # LLAMA_VOCAB_TYPE_NONE) and <arch>.vocab_size; ids are used as they are.
+        log.warning("%s: no tokenizer.json or tokenizer.model: writing tokenizer.ggml.model = 'none'", dir_)
+        vocab = None
     if arch is None:
         arch = _PRE_DEFAULT_ARCH.get(vocab.pre or "", "llama")
     w = GGUFWriter(out)
@@ -949,10 +964,16 @@ def convert(dir_: Path, out: Path, outtype: str = "f16", vocab_only: bool = Fals
     ck = None
     if not vocab_only:
         set_model_params(w, arch, cfg, outtype)
-        if vocab.n_tokens != cfg["vocab_size"]:
+        if vocab is None:
+            if arch != "llama":  # llama writes it always (set_model_params)
+                w.add_uint32(f"{arch}.vocab_size", cfg["vocab_size"])
+        elif vocab.n_tokens != cfg["vocab_size"]:
             raise ConvertError(f"vocabulary has {vocab.n_tokens} tokens, config vocab_size {cfg['vocab_size']}")
         ck = Checkpoint(dir_)
-    vocab.write_to(w)
+    if vocab is None:
+        w.add_string("tokenizer.ggml.model", "none")
+    else:
+        vocab.write_to(w)
     if ck is not None:
         for p in plan_tensors(ck, arch, cfg):
             gt = _tensor_type(p.name, p.ne, outtype)
