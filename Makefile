@@ -103,7 +103,10 @@ $(BIN)/moed-mkmodel: $(BUILD)/tools/mkmodel.o $(MKMODEL_OBJ) $(LIB)
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
-$(BIN)/moed-tests: $(TEST_OBJ) $(MKMODEL_OBJ) $(LIB)
+# the engine's unit tests run daemon/engine.c in-process
+TEST_DAEMON_OBJ := $(BUILD)/daemon/engine.o
+
+$(BIN)/moed-tests: $(TEST_OBJ) $(MKMODEL_OBJ) $(TEST_DAEMON_OBJ) $(LIB)
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
@@ -171,9 +174,25 @@ fuzz: $(FUZZ_TARGETS)
 	  grep -E 'stat::number_of_executed_units|stat::peak_rss' build-fuzz/$$n.log; \
 	done
 
+# make run: serve the default model on 127.0.0.1:8080 (RUN_PORT, RUN_ARGS to
+# change); without it, a tiny random-weight model that moed-mkmodel writes.
+DEFAULT_MODEL := model/default/moed-shakespeare.gguf
+TINY_MODEL    := $(BUILD)/tiny-default.gguf
+RUN_PORT      ?= 8080
+RUN_ARGS      ?=
 run: deps all
-	@echo "moed: the daemon (moed serve) is not written yet; bin/moed has: info, tokenize, bench-kernels, version"
-	bin/moed version
+	@if [ -f $(DEFAULT_MODEL) ]; then m=$(DEFAULT_MODEL); else \
+	  m=$(TINY_MODEL); \
+	  echo "moed: $(DEFAULT_MODEL) is not there: serving a tiny random-weight model ($$m) instead; it writes gibberish"; \
+	  if [ ! -f $$m ]; then \
+	    v=$(SHARED)/vocab/ggml-vocab-gpt-2.gguf; \
+	    if [ -f $$v ]; then vf="--vocab-from $$v"; else vf=; echo "moed: $$v not found: byte-level tokenizer"; fi; \
+	    mkdir -p $(dir $(TINY_MODEL)); \
+	    $(BIN)/moed-mkmodel --preset tiny-qwen3moe $$vf -o $$m || exit 1; \
+	  fi; \
+	fi; \
+	echo "moed: bin/moed serve -m $$m --host 127.0.0.1 --port $(RUN_PORT) $(RUN_ARGS)"; \
+	exec $(BIN)/moed serve -m $$m --host 127.0.0.1 --port $(RUN_PORT) $(RUN_ARGS)
 
 clean:
 	rm -rf build build-san build-fuzz bin

@@ -4,6 +4,7 @@
 #ifndef MOED_DAEMON_CMDS_H
 #define MOED_DAEMON_CMDS_H
 
+int cmd_serve(int argc, char **argv);         /* moed serve -m MODEL [options] */
 int cmd_info(int argc, char **argv);          /* moed info FILE */
 int cmd_tokenize(int argc, char **argv);      /* moed tokenize -m FILE < text */
 int cmd_run(int argc, char **argv);           /* moed run -m FILE -p PROMPT [-n N] [...] */

@@ -12,6 +12,7 @@ static const struct {
     int (*fn)(int, char **);
     const char *help;
 } commands[] = {
+    {"serve", cmd_serve, "serve -m FILE [...]       serve a model over HTTP (OpenAI-compatible API)"},
     {"info", cmd_info, "info FILE                 show a GGUF model's metadata, tensors and sizes"},
     {"tokenize", cmd_tokenize, "tokenize -m FILE [...]    read text on stdin, print token ids"},
     {"run", cmd_run, "run -m FILE -p PROMPT [...] generate text from a prompt (CPU), print speeds"},
