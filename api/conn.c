@@ -246,11 +246,25 @@ static int hdr_begin(struct api_conn *c)
     return hdr_bytes(c, 4); /* ": " and CRLF */
 }
 
+/* RFC 9110 5.1: a field name is a token; Debian's llhttp 8 lets spaces and
+ * other separators through ("X-Test : y"), which proxies would parse
+ * differently (request smuggling), so they are refused here. */
+static bool is_tchar(unsigned char ch)
+{
+    return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+           (ch && strchr("!#$%&'*+-.^_`|~", ch) != NULL);
+}
+
 static int on_header_field(llhttp_t *p, const char *at, size_t n)
 {
     struct api_conn *c = P(p);
     struct api_req *r = c->parsing;
     int rc;
+    for (size_t i = 0; i < n; i++)
+        if (!is_tchar((unsigned char)at[i]))
+            return parser_fail(c, 400, "invalid_header",
+                               "invalid character 0x%02x in a header name",
+                               (unsigned char)at[i]);
     if (r->headers_done) /* trailers of a chunked body: counted, not kept */
         return hdr_bytes(c, n + 4);
     if (r->hdr_state != 1 && (rc = hdr_begin(c)))

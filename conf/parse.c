@@ -387,21 +387,20 @@ void conf_quote_value(const char *s, char *buf, size_t n)
 
 void conf_quote_for_message(const char *s, char *buf, size_t n)
 {
-    /* Quote at most 60 bytes of a long value, then "..." */
+    /* A long value is shown as its first 24 and last 32 bytes around "...":
+     * the end of a path (the file name) is what the reader needs to see. */
     char cut[64];
     size_t len = strlen(s);
     if (len > 60) {
-        memcpy(cut, s, 60);
-        cut[60] = 0;
-        /* do not leave half a UTF-8 sequence at the end */
-        size_t k = 60;
-        while (k > 0 && ((unsigned char)cut[k - 1] & 0xC0) == 0x80)
-            k--;
-        if (k > 0 && (unsigned char)cut[k - 1] >= 0xC0)
-            cut[k - 1] = 0;
+        size_t head = 24, tail = len - 32;
+        while (head > 0 && ((unsigned char)s[head] & 0xC0) == 0x80) /* not inside a character */
+            head--;
+        while (tail < len && ((unsigned char)s[tail] & 0xC0) == 0x80)
+            tail++;
+        memcpy(cut, s, head);
+        memcpy(cut + head, "...", 3);
+        memcpy(cut + head + 3, s + tail, len - tail + 1);
         s = cut;
     }
     conf_quote_value(s, buf, n);
-    if (len > 60 && strlen(buf) + 4 < n)
-        strcat(buf, "...");
 }

@@ -458,12 +458,14 @@ TEST(conf_error_messages)
     conf_diag_free(&d);
     conf_free(&c);
 
-    /* Long or odd values are quoted and cut in messages. */
+    /* Long or odd values are quoted and cut in the middle in messages (the
+     * end of a long path, its file name, stays visible). */
     char text[400] = "port = ";
     memset(text + 7, '9', 200);
     strcpy(text + 207, "\n");
     load_text(&c, &d, text);
-    CHECK_DIAG(&d, true, "...: out of range (too large)");
+    CHECK_DIAG(&d, true, "port = 999999999999999999999999...9999");
+    CHECK_DIAG(&d, true, "9999: out of range (too large)");
     REQUIRE(d.n == 1);
     CHECK(strlen(d.msgs[0].text) < 120);
     conf_diag_free(&d);
