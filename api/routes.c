@@ -805,7 +805,7 @@ static void h_detokenize(struct api_req *req, void *ud)
     int i = 0;
     for (const cJSON *v = a->child; v; v = v->next, i++) {
         double d = cJSON_IsNumber(v) ? v->valuedouble : -1;
-        if (!cJSON_IsNumber(v) || d != (double)(int64_t)d || d < 0 || d >= n_vocab) {
+        if (!cJSON_IsNumber(v) || !(d >= 0 && d < n_vocab) || d != (double)(int64_t)d) {
             api_respond_error(req, 400, "tokens", "invalid_value",
                               "Invalid 'tokens[%d]': expected a token id in 0..%d.", i,
                               n_vocab - 1);
