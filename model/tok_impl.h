@@ -171,4 +171,55 @@ int tok_spm_text(const struct tok *t, const uint8_t *s, size_t n, bool prefix_sp
                  struct tok_ids *out, struct tok_work *ws);
 void tok_work_free(struct tok_work *ws);
 
+/*
+ * A binary heap of merge candidates, T ordered by FIRST(&a, &b) ("a comes out
+ * before b"), kept in the work area's heap buffer.  Both merge loops (BPE by
+ * rank, SentencePiece by score) instantiate it with their own candidate type:
+ *     TOK_HEAP_DEFINE(struct cand, cand_less)
+ * defines struct heap, heap_push(ws, h, c) and heap_pop(h).
+ */
+#define TOK_HEAP_DEFINE(T, FIRST)                                                                  \
+    struct heap {                                                                                  \
+        T *v;                                                                                      \
+        size_t n;                                                                                  \
+    };                                                                                             \
+                                                                                                   \
+    static int heap_push(struct tok_work *ws, struct heap *h, T c)                                 \
+    {                                                                                              \
+        if (tok_grow(&ws->heap, &ws->heap_cap, (h->n + 1) * sizeof(T)))                            \
+            return MOED_ENOMEM;                                                                    \
+        h->v = ws->heap;                                                                           \
+        size_t i = h->n++;                                                                         \
+        while (i > 0) {                                                                            \
+            size_t p = (i - 1) / 2;                                                                \
+            if (!FIRST(&c, &h->v[p]))                                                              \
+                break;                                                                             \
+            h->v[i] = h->v[p];                                                                     \
+            i = p;                                                                                 \
+        }                                                                                          \
+        h->v[i] = c;                                                                               \
+        return 0;                                                                                  \
+    }                                                                                              \
+                                                                                                   \
+    static T heap_pop(struct heap *h)                                                              \
+    {                                                                                              \
+        T top = h->v[0];                                                                           \
+        T last = h->v[--h->n];                                                                     \
+        size_t i = 0;                                                                              \
+        for (;;) {                                                                                 \
+            size_t c = 2 * i + 1;                                                                  \
+            if (c >= h->n)                                                                         \
+                break;                                                                             \
+            if (c + 1 < h->n && FIRST(&h->v[c + 1], &h->v[c]))                                     \
+                c++;                                                                               \
+            if (!FIRST(&h->v[c], &last))                                                           \
+                break;                                                                             \
+            h->v[i] = h->v[c];                                                                     \
+            i = c;                                                                                 \
+        }                                                                                          \
+        if (h->n)                                                                                  \
+            h->v[i] = last;                                                                        \
+        return top;                                                                                \
+    }
+
 #endif

@@ -35,48 +35,7 @@ static bool cand_first(const struct cand *a, const struct cand *b)
     return a->score > b->score || (a->score == b->score && a->l < b->l);
 }
 
-struct heap {
-    struct cand *v;
-    size_t n;
-};
-
-static int heap_push(struct tok_work *ws, struct heap *h, struct cand c)
-{
-    if (tok_grow(&ws->heap, &ws->heap_cap, (h->n + 1) * sizeof(struct cand)))
-        return MOED_ENOMEM;
-    h->v = ws->heap;
-    size_t i = h->n++;
-    while (i > 0) {
-        size_t p = (i - 1) / 2;
-        if (!cand_first(&c, &h->v[p]))
-            break;
-        h->v[i] = h->v[p];
-        i = p;
-    }
-    h->v[i] = c;
-    return 0;
-}
-
-static struct cand heap_pop(struct heap *h)
-{
-    struct cand top = h->v[0];
-    struct cand last = h->v[--h->n];
-    size_t i = 0;
-    for (;;) {
-        size_t c = 2 * i + 1;
-        if (c >= h->n)
-            break;
-        if (c + 1 < h->n && cand_first(&h->v[c + 1], &h->v[c]))
-            c++;
-        if (!cand_first(&h->v[c], &last))
-            break;
-        h->v[i] = h->v[c];
-        i = c;
-    }
-    if (h->n)
-        h->v[i] = last;
-    return top;
-}
+TOK_HEAP_DEFINE(struct cand, cand_first)
 
 static bool mergeable(const struct tok *t, int32_t id)
 {
