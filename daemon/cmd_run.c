@@ -24,6 +24,7 @@
 #include "model/model.h"
 #include "model/sample.h"
 #include "model/tok.h"
+#include "model/trace.h"
 #include "sched/pool.h"
 
 static const char usage[] =
@@ -51,6 +52,8 @@ static const char usage[] =
     "  --special                 match control tokens (<|im_start|> ...) written in the prompt\n"
     "  --echo                    print the prompt before the generated text\n"
     "  --profile                 print where the time of prefill and decode went\n"
+    "  --routing-trace FILE      write every layer's routing (token, experts, weights) to FILE\n"
+    "                            (format: model/trace.h; summary: tools/trace_summary.py)\n"
     "  -h, --help                this text\n";
 
 static double now_s(void)
@@ -88,6 +91,7 @@ static int parse_float(const char *flag, const char *s, float *out)
 
 struct run_args {
     const char *model, *prompt;
+    const char *trace_path; /* --routing-trace */
     long n_predict, threads, n_ctx, batch;
     uint32_t kv_type;
     bool special, echo, seed_given, profile;
@@ -134,6 +138,8 @@ static int parse_args(int argc, char **argv, struct run_args *a)
             a->model = v;
         else if (!strcmp(f, "-p") || !strcmp(f, "--prompt"))
             a->prompt = v;
+        else if (!strcmp(f, "--routing-trace"))
+            a->trace_path = v;
         else if (!strcmp(f, "-n") || !strcmp(f, "--n-predict"))
             rc = parse_long(f, v, 0, 1 << 24, &a->n_predict);
         else if (!strcmp(f, "--temp"))
@@ -168,7 +174,7 @@ static int parse_args(int argc, char **argv, struct run_args *a)
             rc = parse_long(f, v, 1, 1 << 16, &a->batch);
         else if (!strcmp(f, "--kv-type")) {
             if (!strcmp(v, "f16"))
-                a->kv_type = KT_F32;
+                a->kv_type = KT_F16;
             else if (!strcmp(v, "f32"))
                 a->kv_type = KT_F32;
             else {
@@ -209,6 +215,8 @@ struct run {
     bool ts_ok;
     struct tok_ids ids; /* prompt, then generated tokens */
     float *logits;
+    FILE *trace_f;       /* --routing-trace */
+    struct trace *trace; /* wraps the CPU executor the fwd uses */
 };
 
 static void run_free(struct run *r)
@@ -221,6 +229,9 @@ static void run_free(struct run *r)
         sampler_free(&r->smp);
     kv_seq_free(&r->kv);
     fwd_free(r->fwd);
+    trace_close(r->trace, NULL);
+    if (r->trace_f)
+        fclose(r->trace_f);
     sched_pool_free(r->pool);
     tok_free(r->tok);
     model_close(&r->m);
@@ -279,6 +290,8 @@ static int generate(struct run *r, const struct run_args *a)
         }
         struct kv_seq *seqs[1] = {&r->kv};
         struct fwd_batch b = {n, r->ids.v + i0, pos, seq, want};
+        if (r->trace)
+            trace_step(r->trace, b.n, b.token, b.seq, b.pos);
         if (fwd_step(r->fwd, &b, seqs, 1, r->logits, &e)) {
             fprintf(stderr, "moed run: prefill: %s\n", e.msg);
             free(pos);
@@ -328,6 +341,8 @@ static int generate(struct run *r, const struct run_args *a)
         bool w = true;
         struct kv_seq *seqs[1] = {&r->kv};
         struct fwd_batch b = {1, &res.token, &p, &s, &w};
+        if (r->trace)
+            trace_step(r->trace, b.n, b.token, b.seq, b.pos);
         if (fwd_step(r->fwd, &b, seqs, 1, r->logits, &e)) {
             fprintf(stderr, "\nmoed run: decode: %s\n", e.msg);
             return 1;
@@ -348,6 +363,69 @@ static int generate(struct run *r, const struct run_args *a)
             t_prefill * 1e3, n_prompt / (t_prefill > 0 ? t_prefill : 1e-9));
     fprintf(stderr, "moed run: decode %d tokens in %.1f ms: %.1f tok/s (%d steps)%s\n", n_gen,
             t_decode * 1e3, n_steps ? n_steps / t_decode : 0.0, n_steps, eos_note);
+    return 0;
+}
+
+/* --routing-trace: the CPU executor the fwd would make, wrapped by the
+ * recorder (model/trace.h); nothing when the option is absent. */
+static int open_trace(struct run *r, const struct run_args *a, int argc, char **argv,
+                      struct moed_err *e)
+{
+    if (!a->trace_path)
+        return 0;
+    const struct model_hparams *hp = &r->m.hp;
+    r->trace_f = fopen(a->trace_path, "wb");
+    if (!r->trace_f)
+        return moed_err_set(e, MOED_EIO, "--routing-trace %s: %s", a->trace_path,
+                            strerror(errno));
+    struct moe_exec *cpu;
+    struct moe_cpu_opts co = {.pool = r->pool,
+                              .max_tok = (int32_t)a->batch,
+                              .n_expert = hp->n_expert,
+                              .n_used = hp->n_expert_used,
+                              .n_embd = hp->n_embd,
+                              .n_ff = hp->n_ff_exp};
+    int rc = moe_cpu_new(&cpu, &co, e);
+    if (rc)
+        return rc;
+    struct trace_opts to = {.f = r->trace_f,
+                            .inner = cpu,
+                            .own_inner = true,
+                            .n_layer = hp->n_layer,
+                            .n_expert = hp->n_expert,
+                            .n_used = hp->n_expert_used,
+                            .model = a->model,
+                            .arch = model_arch_name(hp->arch),
+                            .argc = argc,
+                            .argv = argv};
+    rc = trace_open(&r->trace, &to, e);
+    if (rc) {
+        moe_exec_free(cpu);
+        moed_err_wrap(e, "--routing-trace %s", a->trace_path);
+    }
+    return rc;
+}
+
+/* Flush and close the trace; 0 or 1 (error printed). */
+static int close_trace(struct run *r, const struct run_args *a)
+{
+    if (!r->trace)
+        return 0;
+    struct moed_err e = {0};
+    int64_t n = trace_records(r->trace);
+    int rc = trace_close(r->trace, &e);
+    r->trace = NULL;
+    if (!rc && fclose(r->trace_f))
+        rc = moed_err_set(&e, MOED_EIO, "routing trace: closing: %s", strerror(errno));
+    else if (rc)
+        fclose(r->trace_f);
+    r->trace_f = NULL;
+    if (rc) {
+        fprintf(stderr, "moed run: --routing-trace %s: %s\n", a->trace_path, e.msg);
+        return 1;
+    }
+    fprintf(stderr, "moed run: routing trace: %lld records (token x layer) in %s\n", (long long)n,
+            a->trace_path);
     return 0;
 }
 
@@ -407,7 +485,11 @@ int cmd_run(int argc, char **argv)
     if (a.batch > (long)r.ids.n)
         a.batch = (long)r.ids.n;
     if (sched_pool_init(&r.pool, &(struct sched_pool_opts){.nthreads = (int)a.threads}, &e) ||
-        fwd_init(&r.fwd, &r.m, &(struct fwd_opts){.max_batch = (int32_t)a.batch, .pool = r.pool},
+        open_trace(&r, &a, argc, argv, &e) ||
+        fwd_init(&r.fwd, &r.m,
+                 &(struct fwd_opts){.max_batch = (int32_t)a.batch,
+                                    .pool = r.pool,
+                                    .exec = r.trace ? trace_exec(r.trace) : NULL},
                  &e) ||
         kv_seq_init(&r.kv, &r.m, (int32_t)n_ctx, a.kv_type, &e) ||
         sampler_init(&r.smp, &a.sp, hp->n_vocab, &e)) {
@@ -438,6 +520,8 @@ int cmd_run(int argc, char **argv)
         fflush(stdout);
     }
     rc = generate(&r, &a);
+    if (close_trace(&r, &a))
+        rc = 1;
 out:
     run_free(&r);
     return rc;

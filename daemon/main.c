@@ -16,6 +16,7 @@ static const struct {
     {"info", cmd_info, "info FILE                 show a GGUF model's metadata, tensors and sizes"},
     {"tokenize", cmd_tokenize, "tokenize -m FILE [...]    read text on stdin, print token ids"},
     {"run", cmd_run, "run -m FILE -p PROMPT [...] generate text from a prompt (CPU), print speeds"},
+    {"perplexity", cmd_perplexity, "perplexity -m FILE -f TEXT [...] perplexity over a text file in fixed windows"},
     {"bench-kernels", cmd_bench_kernels, "bench-kernels [...]       CPU matvec/matmul throughput per type"},
     {"version", cmd_version, "version                   build, CPU ISA and CUDA status"},
     {"check-config", cmd_check_config, "check-config [FILE] [...] check a configuration, print the effective one"},
