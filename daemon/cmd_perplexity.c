@@ -36,6 +36,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "daemon/cli.h"
 #include "daemon/cmds.h"
 #include "kernels/cpu/isa.h"
 #include "kernels/cpu/types.h"
@@ -139,37 +140,6 @@ static int parse_args(int argc, char **argv, struct ppl_args *a)
     return 0;
 }
 
-static char *read_file(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    size_t cap = 1 << 16, n = 0;
-    char *buf = malloc(cap);
-    while (buf) {
-        n += fread(buf + n, 1, cap - n, f);
-        if (n < cap)
-            break;
-        char *nb = cap <= SIZE_MAX / 2 ? realloc(buf, cap * 2) : NULL;
-        if (!nb) {
-            free(buf);
-            buf = NULL;
-            break;
-        }
-        buf = nb;
-        cap *= 2;
-    }
-    if (buf && ferror(f)) {
-        free(buf);
-        buf = NULL;
-    }
-    int err = errno;
-    fclose(f);
-    errno = err;
-    *len = n;
-    return buf;
-}
-
 /* -ln softmax(logits)[target], in double. */
 static double token_nll(const float *logits, int32_t n_vocab, int32_t target)
 {
@@ -249,20 +219,18 @@ int cmd_perplexity(int argc, char **argv)
     struct ppl p = {0};
     struct moed_err e = {0};
     double t_load = now_s();
-    if (model_open(&p.m, a.model, &e)) {
-        fprintf(stderr, "moed perplexity: %s\n", e.msg);
-        return 1;
-    }
-    const struct model_hparams *hp = &p.m.hp;
     rc = 1;
-    if (tok_load(&p.tok, p.m.gguf, &e)) {
-        fprintf(stderr, "moed perplexity: %s: tokenizer: %s\n", a.model, e.msg);
+    if (cli_model_open("perplexity", a.model, &p.m, &p.tok))
         goto out;
-    }
-    if (*tok_warning(p.tok))
-        fprintf(stderr, "moed perplexity: %s: tokenizer: %s\n", a.model, tok_warning(p.tok));
+    const struct model_hparams *hp = &p.m.hp;
     size_t len;
-    p.text = read_file(a.file, &len);
+    FILE *tf = fopen(a.file, "rb");
+    p.text = tf ? cli_read_all(tf, &len) : NULL;
+    if (tf) {
+        int err = errno;
+        fclose(tf);
+        errno = err;
+    }
     if (!p.text) {
         fprintf(stderr, "moed perplexity: %s: %s\n", a.file, strerror(errno));
         goto out;

@@ -17,6 +17,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "daemon/cli.h"
 #include "daemon/cmds.h"
 #include "kernels/cpu/isa.h"
 #include "kernels/cpu/types.h"
@@ -439,18 +440,10 @@ int cmd_run(int argc, char **argv)
     struct run r = {0};
     struct moed_err e = {0};
     double t0 = now_s();
-    if (model_open(&r.m, a.model, &e)) {
-        fprintf(stderr, "moed run: %s\n", e.msg);
-        return 1;
-    }
-    const struct model_hparams *hp = &r.m.hp;
     rc = 1;
-    if (tok_load(&r.tok, r.m.gguf, &e)) {
-        fprintf(stderr, "moed run: %s: tokenizer: %s\n", a.model, e.msg);
+    if (cli_model_open("run", a.model, &r.m, &r.tok))
         goto out;
-    }
-    if (*tok_warning(r.tok))
-        fprintf(stderr, "moed run: %s: tokenizer: %s\n", a.model, tok_warning(r.tok));
+    const struct model_hparams *hp = &r.m.hp;
     unsigned flags = tok_enc_defaults(r.tok) | (a.special ? TOK_ENC_SPECIAL : 0);
     if (tok_encode(r.tok, a.prompt, strlen(a.prompt), flags, &r.ids, &e)) {
         fprintf(stderr, "moed run: prompt: %s\n", e.msg);

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "daemon/cli.h"
 #include "daemon/cmds.h"
 #include "model/gguf.h"
 #include "model/tok.h"
@@ -21,30 +22,6 @@ static const char usage[] =
     "  --special         match control tokens (<|im_start|>, <s>, ...) written in the text\n"
     "  --bos             put the BOS token first\n"
     "  --pieces          one token per line: id, tab, the bytes it stands for (quoted)\n";
-
-static char *read_all(FILE *f, size_t *len)
-{
-    size_t cap = 1 << 16, n = 0;
-    char *buf = malloc(cap);
-    while (buf) {
-        n += fread(buf + n, 1, cap - n, f);
-        if (n < cap)
-            break;
-        char *nb = cap <= SIZE_MAX / 2 ? realloc(buf, cap * 2) : NULL;
-        if (!nb) {
-            free(buf);
-            return NULL;
-        }
-        buf = nb;
-        cap *= 2;
-    }
-    if (buf && ferror(f)) {
-        free(buf);
-        return NULL;
-    }
-    *len = n;
-    return buf;
-}
 
 /* Length of the valid UTF-8 character at s (n >= 1), 0 if not valid. */
 static size_t utf8_len(const unsigned char *s, size_t n)
@@ -140,7 +117,7 @@ int cmd_tokenize(int argc, char **argv)
         fprintf(stderr, "moed tokenize: warning: %s\n", tok_warning(t));
 
     size_t len;
-    char *text = read_all(stdin, &len);
+    char *text = cli_read_all(stdin, &len);
     if (!text) {
         fprintf(stderr, "moed tokenize: cannot read standard input\n");
         tok_free(t);

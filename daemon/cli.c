@@ -1,0 +1,57 @@
+/* Shared pieces of the one-shot commands (see cli.h). */
+#include "daemon/cli.h"
+
+#include <errno.h>
+#include <stdint.h>
+#include <stdlib.h>
+
+#include "model/model.h"
+#include "model/tok.h"
+
+char *cli_read_all(FILE *f, size_t *len)
+{
+    size_t cap = 1 << 16, n = 0;
+    char *buf = malloc(cap + 1);
+    while (buf) {
+        n += fread(buf + n, 1, cap - n, f);
+        if (n < cap)
+            break;
+        char *nb = cap <= SIZE_MAX / 2 - 1 ? realloc(buf, cap * 2 + 1) : NULL;
+        if (!nb) {
+            free(buf);
+            errno = ENOMEM;
+            return NULL;
+        }
+        buf = nb;
+        cap *= 2;
+    }
+    if (!buf) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    if (ferror(f)) {
+        int err = errno ? errno : EIO;
+        free(buf);
+        errno = err;
+        return NULL;
+    }
+    buf[n] = 0;
+    *len = n;
+    return buf;
+}
+
+int cli_model_open(const char *cmd, const char *path, struct model *m, struct tok **tok)
+{
+    struct moed_err e = {0};
+    if (model_open(m, path, &e)) {
+        fprintf(stderr, "moed %s: %s\n", cmd, e.msg);
+        return 1;
+    }
+    if (tok_load(tok, m->gguf, &e)) {
+        fprintf(stderr, "moed %s: %s: tokenizer: %s\n", cmd, path, e.msg);
+        return 1;
+    }
+    if (*tok_warning(*tok))
+        fprintf(stderr, "moed %s: %s: tokenizer: %s\n", cmd, path, tok_warning(*tok));
+    return 0;
+}

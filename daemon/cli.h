@@ -1,0 +1,20 @@
+/* Small pieces the one-shot commands (moed run, perplexity, tokenize) share. */
+#ifndef MOED_DAEMON_CLI_H
+#define MOED_DAEMON_CLI_H
+
+#include <stddef.h>
+#include <stdio.h>
+
+struct model;
+struct tok;
+
+/* Read all of f (NUL-terminated; *len excludes the NUL); NULL with errno set
+ * on failure. */
+char *cli_read_all(FILE *f, size_t *len);
+
+/* Open the model at path and its tokenizer; print any tokenizer warning.
+ * On failure print "moed CMD: ..." and return 1: what was opened is left for
+ * the caller's cleanup (model_close and tok_free accept what is zeroed). */
+int cli_model_open(const char *cmd, const char *path, struct model *m, struct tok **tok);
+
+#endif
