@@ -13,5 +13,7 @@ int cmd_bench_kernels(int argc, char **argv); /* moed bench-kernels [...] */
 int cmd_version(int argc, char **argv);       /* moed version */
 int cmd_check_config(int argc, char **argv);  /* moed check-config [FILE] [flags] */
 int cmd_config(int argc, char **argv);        /* moed config --help | --example */
+int cmd_cache_sim(int argc, char **argv);     /* moed cache-sim TRACE [...] */
+int cmd_topology(int argc, char **argv);      /* moed topology [--synthetic DESC] [--threads N] */
 
 #endif

@@ -21,6 +21,8 @@ static const struct {
     {"version", cmd_version, "version                   build, CPU ISA and CUDA status"},
     {"check-config", cmd_check_config, "check-config [FILE] [...] check a configuration, print the effective one"},
     {"config", cmd_config, "config --help|--example   every option's help; the example moed.conf"},
+    {"cache-sim", cmd_cache_sim, "cache-sim TRACE [...]     replay a routing trace through the expert cache policies"},
+    {"topology", cmd_topology, "topology [...]            CPU packages, NUMA nodes, cores; worker placement"},
 };
 
 static void usage(FILE *f)
