@@ -254,6 +254,7 @@ static int seq_new(struct engine *eng, struct job *j, struct seq **out, struct m
     if ((rc = kv_seq_init(&s->kv, &eng->model, (int32_t)s->kv_pos, KT_F32, e)))
         goto fail;
     struct sample_params sp = j->sample;
+    sp.logprobs = j->logprobs;
     if (!j->logprobs)
         sp.n_logprobs = 0;
     if ((rc = sampler_init(&s->smp, &sp, eng->n_vocab, e)))

@@ -25,6 +25,7 @@ struct sample_params sample_params_default(void)
         .penalty_last_n = 64,
         .seed = 0,
         .n_logprobs = 0,
+        .logprobs = false,
     };
 }
 
@@ -226,7 +227,8 @@ int sampler_sample(struct sampler *s, const float *logits, const int32_t *histor
             if (better(c[i], c[best]))
                 best = i;
         out->token = c[best].token;
-        model_logprobs(logits, s->n_vocab, p->n_logprobs, out);
+        if (p->logprobs || p->n_logprobs > 0)
+            model_logprobs(logits, s->n_vocab, p->n_logprobs, out);
         return 0;
     }
 
@@ -314,6 +316,7 @@ int sampler_sample(struct sampler *s, const float *logits, const int32_t *histor
         }
     }
     out->token = c[pick].token;
-    model_logprobs(logits, s->n_vocab, p->n_logprobs, out);
+    if (p->logprobs || p->n_logprobs > 0)
+        model_logprobs(logits, s->n_vocab, p->n_logprobs, out);
     return 0;
 }

@@ -32,6 +32,8 @@ struct sample_params {
     int32_t penalty_last_n;  /* history window for penalties; < 0: whole history */
     uint64_t seed;
     int32_t n_logprobs; /* top alternatives to report, 0..SAMPLE_MAX_LOGPROBS */
+    bool logprobs;      /* fill sample_result.logprob (implied by n_logprobs > 0): a pass
+                           over the whole vocabulary, skipped when nobody asked */
 };
 
 /* Greedy, no penalties, seed 0. */
@@ -46,7 +48,7 @@ struct sample_token_prob {
 
 struct sample_result {
     int32_t token;
-    float logprob; /* of token under the model's distribution */
+    float logprob; /* of token under the model's distribution (0 unless asked) */
     int32_t n_top;
     struct sample_token_prob top[SAMPLE_MAX_LOGPROBS]; /* most likely first */
 };

@@ -185,6 +185,28 @@ TEST(sample_logprobs)
     CHECK_NEAR(r.top[1].logprob, 2.0 - log(z), 1e-5);
 }
 
+TEST(sample_logprob_only_when_asked)
+{
+    float l[3] = {0.0f, 2.0f, 1.0f};
+    double z = exp(0.0) + exp(2.0) + exp(1.0);
+    struct sample_params p = sample_params_default();
+    struct sampler s;
+    struct sample_result r;
+    REQUIRE(sampler_init(&s, &p, 3, NULL) == 0);
+    sampler_sample(&s, l, NULL, 0, &r);
+    sampler_free(&s);
+    CHECK_EQ(r.token, 1);
+    CHECK(r.logprob == 0.0f && r.n_top == 0); /* nobody asked: no vocabulary pass */
+    p.logprobs = true;
+    p.temperature = 0.5f;
+    p.seed = 9;
+    REQUIRE(sampler_init(&s, &p, 3, NULL) == 0);
+    sampler_sample(&s, l, NULL, 0, &r);
+    sampler_free(&s);
+    CHECK_NEAR(r.logprob, l[r.token] - log(z), 1e-5);
+    CHECK_EQ(r.n_top, 0);
+}
+
 TEST(sample_params_rejected)
 {
     struct sample_params p = sample_params_default();
