@@ -78,6 +78,20 @@ void api_limits_default(struct api_limits *l);
 int api_server_init(struct api_server **out, uv_loop_t *loop, const struct api_limits *limits,
                     struct moed_err *e);
 
+/* Replace the limits of a running (or not yet started) server; loop thread
+ * only.  *l is validated as api_server_init does (nothing changes on error)
+ * and copied.  The new values apply to connections accepted and requests
+ * begun from now on.  Open connections stay open, even above a lower
+ * max_connections (they count toward it, so new ones get 503 until enough
+ * close).  For open ones the transport reads each limit when it next uses
+ * it: a request whose headers are still arriving, and a body still being
+ * read, are checked against the new max_header_bytes, max_headers and
+ * max_body_bytes (a body over a lowered limit gets 413); a timer already
+ * running keeps its deadline until it is next armed (at the next read,
+ * write or request), and then uses the new timeouts.  A request already
+ * dispatched to its handler, and its response, are not affected. */
+int api_server_set_limits(struct api_server *s, const struct api_limits *l, struct moed_err *e);
+
 typedef void (*api_handler_fn)(struct api_req *req, void *ud);
 
 enum {

@@ -240,6 +240,7 @@ static const char *const known_keys[] = {
     "tools",
     "functions",
     "response_format",
+    "chat_template_kwargs",
 };
 #define N_KNOWN (sizeof known_keys / sizeof known_keys[0])
 
@@ -581,6 +582,28 @@ static int parse_stream(struct pctx *c)
     return 0;
 }
 
+/* chat_template_kwargs: {"enable_thinking": bool}; other keys are the
+ * template's business and ignored (moed's templates are built in). */
+static int parse_template_kwargs(struct pctx *c)
+{
+    if (c->rq->kind != OAI_CHAT)
+        return 0;
+    const cJSON *kw = get(c, "chat_template_kwargs");
+    if (!kw)
+        return 0;
+    if (!cJSON_IsObject(kw))
+        return bad_type(c->e, "chat_template_kwargs", "an object", kw);
+    const cJSON *v = field(kw, "enable_thinking");
+    if (!v)
+        return 0;
+    bool on;
+    int rc = check_bool(c->e, "chat_template_kwargs.enable_thinking", v, &on);
+    if (rc)
+        return rc;
+    c->rq->enable_thinking = on ? 1 : 0;
+    return 0;
+}
+
 /* A sampling field in [lo, hi] (ends excluded as *_open say) into *dst. */
 static int sample_decimal(struct pctx *c, const char *key, double lo, bool lo_open, double hi,
                           bool hi_open, float *dst, unsigned bit)
@@ -800,7 +823,8 @@ static int parse_root(struct pctx *c, const cJSON *root)
     else
         rc = parse_messages(c);
     if (rc || (rc = parse_counts(c)) || (rc = parse_sampling(c)) || (rc = parse_stop(c)) ||
-        (rc = parse_stream(c)) || (rc = parse_logprobs(c)) || (rc = parse_unsupported(c)))
+        (rc = parse_stream(c)) || (rc = parse_logprobs(c)) || (rc = parse_template_kwargs(c)) ||
+        (rc = parse_unsupported(c)))
         return rc;
     struct moed_err me = {0};
     if (sample_params_check(&c->rq->sample, &me))
@@ -816,6 +840,7 @@ int oai_request_parse(struct oai_request *rq, enum oai_kind kind, const char *bo
     struct pctx c = {.rq = rq, .e = err ? err : &scratch, .opts = opts};
     memset(rq, 0, sizeof *rq);
     rq->kind = kind;
+    rq->enable_thinking = -1;
     if (opts && opts->defaults) {
         rq->sample = *opts->defaults;
     } else {

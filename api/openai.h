@@ -142,6 +142,9 @@ struct oai_request {
     bool include_usage; /* stream_options.include_usage */
     bool logprobs;      /* report log-probabilities, sample.n_logprobs alternatives each */
     bool echo;          /* completions: send the prompt before the completion */
+    /* chat: chat_template_kwargs.enable_thinking, for chat_opts: -1 not
+     * given (the template's default), 0 false, 1 true. */
+    int enable_thinking;
 };
 
 struct oai_parse_opts {
@@ -182,6 +185,9 @@ struct oai_parse_opts {
  *   logprobs               completions: integer 0..20; chat: boolean, with top_logprobs 0..20
  *   n, best_of             1 (more: 400 unsupported)
  *   echo                   completions, boolean (true needs opts->allow_echo)
+ *   chat_template_kwargs   chat: an object; its enable_thinking, a boolean, goes to the
+ *                          chat template (as vLLM and llama.cpp's server do); other keys
+ *                          are ignored
  *   user                   ignored
  *   logit_bias, suffix, tools, functions, response_format other than text: 400 unsupported
  */

@@ -8,8 +8,10 @@
  *                  oai_resp_init, engine_submit.  The struct then belongs to
  *                  the engine thread.
  *   engine thread  sink_admitted (stream: api_post_start, the role chunk, the
- *                  echo), sink_text (stream: a chunk per text event; else the
- *                  text and logprobs are collected), sink_finish (the finish
+ *                  echo), sink_keepalive (stream, before the first token:
+ *                  ": keepalive" comments every sse_keepalive), sink_text
+ *                  (stream: a chunk per text event; else the text and
+ *                  logprobs are collected), sink_finish (the finish
  *                  and usage chunks and [DONE], or the whole body; errors;
  *                  frees the struct).
  * While the request is on the pool its on_cancel hook marks it gone (the
@@ -315,6 +317,16 @@ out:
     gen_free(g);
 }
 
+/* A long prefill: an SSE comment so that clients and proxies see the stream
+ * is alive (only once the stream has started; the engine stops calling
+ * this at the first token). */
+static void sink_keepalive(void *ud)
+{
+    struct gen *g = ud;
+    if (g->rq.stream && g->started)
+        api_post_comment(g->srv, g->id, "keepalive");
+}
+
 static const struct engine_sink gen_sink = {sink_admitted, sink_text, sink_finish};
 
 /* libuv's pool: chat template and tokenizer (both safe on several threads). */
@@ -342,6 +354,7 @@ static void gen_prepare(uv_work_t *w)
         }
         struct chat_prompt p = {0};
         struct chat_opts co = CHAT_OPTS_DEFAULT;
+        co.enable_thinking = g->rq.enable_thinking;
         rc = chat_render(ct, msgs, g->rq.n_messages, &co, &p, &e);
         free(msgs);
         if (rc) {
@@ -462,6 +475,7 @@ static void gen_prepared(uv_work_t *w, int status)
         .t_arrival = g->t_arrival,
         .sink = &gen_sink,
         .ud = g,
+        .keepalive = sink_keepalive,
     };
     /* The engine may call the sink (and free g) as soon as this returns 0:
      * set the hook first, and touch g only on failure. */

@@ -111,6 +111,17 @@ int api_server_init(struct api_server **out, uv_loop_t *loop, const struct api_l
     return 0;
 }
 
+int api_server_set_limits(struct api_server *s, const struct api_limits *l, struct moed_err *e)
+{
+    int rc = limits_check(l, e);
+    if (rc)
+        return rc;
+    /* conn.c reads s->lim when it decides, so the new values take effect at
+     * the next accept, parse step or timer arming (see http.h). */
+    s->lim = *l;
+    return 0;
+}
+
 void api_server_free(struct api_server *s)
 {
     if (!s)

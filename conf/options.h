@@ -99,6 +99,11 @@
       24 * CONF_HOUR, NULL, CONF_F_RELOAD, NULL,                                                   \
       "Longest a request may take from arrival to its last token, time in the queue included; "   \
       "then its sequence is cancelled. 0: no limit.")                                              \
+    X(sse_keepalive, MOED_SSE_KEEPALIVE, "--sse-keepalive", 0, DURATION, limits, "5s", 0,          \
+      10 * CONF_MINUTE, NULL, CONF_F_RELOAD, NULL,                                                 \
+      "A streaming request whose first token has not come yet (a long prompt being prefilled) "   \
+      "gets an SSE comment line `: keepalive` this often, so that proxies and clients do not "    \
+      "time it out. 0: never.")                                                                    \
     X(drain_timeout, MOED_DRAIN_TIMEOUT, "--drain-timeout", 0, DURATION, limits, "30s", 0,         \
       10 * CONF_MINUTE, NULL, CONF_F_RELOAD, NULL,                                                 \
       "On SIGTERM moed stops accepting and lets requests in progress finish for this long, then " \

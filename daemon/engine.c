@@ -53,6 +53,7 @@ struct job {
     double t_arrival, deadline; /* deadline 0: none */
     const struct engine_sink *sink;
     void *ud;
+    void (*keepalive)(void *ud);
 };
 
 /* A running sequence (engine thread only). */
@@ -69,6 +70,7 @@ struct seq {
     int32_t n_toks, n_gen;
     int64_t kv_pos; /* positions counted against the pool */
     double t_admit, t_first, t_last;
+    double t_keepalive; /* admission or the last keepalive call */
     struct sample_result *pend; /* sampled tokens whose text has not been emitted */
     size_t n_pend, cap_pend;
     bool done;
@@ -121,6 +123,7 @@ struct engine {
     struct fwd_stats fwd_stats;
     atomic_uint_fast64_t steps;
     atomic_llong busy_since_ns; /* 0: not in a step */
+    atomic_llong keepalive_ms;  /* engine_req.keepalive period; 0: off */
 
     /* engine thread only */
     struct seq **run;
@@ -597,6 +600,24 @@ static void engine_step(struct engine *eng)
     atomic_store(&eng->busy_since_ns, 0);
 }
 
+/* Sequences still in their prompt tell their owner, once a period, that
+ * they are alive (SSE comments during a long prefill). */
+static void keepalives(struct engine *eng)
+{
+    long long ms = atomic_load(&eng->keepalive_ms);
+    if (ms <= 0)
+        return;
+    double now = engine_now(), period = (double)ms / 1000.0;
+    for (int32_t i = 0; i < eng->n_run; i++) {
+        struct seq *s = eng->run[i];
+        if (s->done || s->n_gen != 0 || !s->job->keepalive ||
+            now - s->t_keepalive < period)
+            continue;
+        s->t_keepalive = now;
+        s->job->keepalive(s->job->ud);
+    }
+}
+
 /* End the marked sequences and close the gaps in run[]. */
 static void reap(struct engine *eng)
 {
@@ -734,12 +755,13 @@ static void *engine_main(void *arg)
                 job_end(eng, j, ENGINE_FIN_ERROR, "out of memory for the sequence");
                 continue;
             }
-            s->t_admit = now;
+            s->t_admit = s->t_keepalive = now;
             eng->run[eng->n_run++] = s;
             if (j->sink->admitted)
                 j->sink->admitted(j->ud);
         }
         engine_step(eng);
+        keepalives(eng);
         reap(eng);
     }
     free(cancels);
@@ -798,6 +820,7 @@ int engine_start(struct engine **out, const struct engine_opts *o, struct moed_e
     atomic_init(&eng->state, ENGINE_LOADING);
     atomic_init(&eng->steps, 0);
     atomic_init(&eng->busy_since_ns, 0);
+    atomic_init(&eng->keepalive_ms, o->keepalive_ms > 0 ? o->keepalive_ms : 0);
     hists_init(eng);
     pthread_mutex_init(&eng->mu, NULL);
     pthread_condattr_t ca;
@@ -970,6 +993,7 @@ static struct job *job_copy(const struct engine_req *rq)
     j->logprobs = rq->logprobs;
     j->sink = rq->sink;
     j->ud = rq->ud;
+    j->keepalive = rq->keepalive;
     j->t_arrival = rq->t_arrival > 0 ? rq->t_arrival : engine_now();
     j->prompt = malloc((size_t)rq->n_prompt * sizeof *j->prompt);
     if (!j->prompt) {
@@ -1087,6 +1111,11 @@ void engine_set_limits(struct engine *eng, int32_t max_queued, int64_t request_t
     eng->max_queued = max_queued < 0 ? 0 : max_queued;
     eng->timeout_ms = request_timeout_ms < 0 ? 0 : request_timeout_ms;
     pthread_mutex_unlock(&eng->mu);
+}
+
+void engine_set_keepalive(struct engine *eng, int64_t keepalive_ms)
+{
+    atomic_store(&eng->keepalive_ms, keepalive_ms > 0 ? keepalive_ms : 0);
 }
 
 void engine_stats_get(const struct engine *eng, struct engine_stats *out)

@@ -73,6 +73,7 @@ struct engine_opts {
     int threads;                /* CPU threads; 0: one per physical core */
     const char *chat_template;  /* a built-in format's name, or NULL/"": the model's */
     int64_t request_timeout_ms; /* from arrival to the last token; 0: none */
+    int64_t keepalive_ms;       /* engine_req.keepalive period; 0: never */
     /* Optional, called on the engine thread: the state changed (READY or
      * FAILED); a log line (levels as api_log_fn: 0 error .. 3 debug). */
     void (*on_state)(void *ud, enum engine_state st);
@@ -124,6 +125,11 @@ struct engine_req {
     double t_arrival; /* engine_now() when the request arrived; 0: now */
     const struct engine_sink *sink;
     void *ud;
+    /* Optional, on the engine thread, with ud: between admitted and the
+     * first sampled token (a long prefill), once every keepalive_ms
+     * (engine_opts), checked between steps (one step longer than the
+     * period delays it); never after the first token or finish. */
+    void (*keepalive)(void *ud);
 };
 
 /* Spawn the engine thread, which loads o->model_path.  o's strings are
@@ -188,6 +194,8 @@ bool engine_idle(const struct engine *eng);
 double engine_busy_seconds(const struct engine *eng);
 /* Reloadable limits (SIGHUP). */
 void engine_set_limits(struct engine *eng, int32_t max_queued, int64_t request_timeout_ms);
+/* The keepalive period of sequences still in their prompt (SIGHUP); 0: off. */
+void engine_set_keepalive(struct engine *eng, int64_t keepalive_ms);
 
 /* Counters for /metrics and tests: a consistent copy. */
 #define ENGINE_HIST_TTFT 0   /* arrival to first sampled token, seconds */

@@ -11,7 +11,8 @@
  *         (daemon/engine.c) reports back only through a uv_async.
  *         SIGHUP: reopen the log, load the configuration again and apply
  *         the options that can change without a restart (logging what
- *         changed and what was refused).  A timer sends WATCHDOG=1 while the
+ *         changed and what was refused); new HTTP limits apply to new
+ *         connections and requests (api_server_set_limits).  A timer sends WATCHDOG=1 while the
  *         loop turns and no engine step has hung, and keeps STATUS= fresh.
  * Stop:   SIGTERM or SIGINT: STOPPING=1, stop accepting (api_server_drain),
  *         let queued and running requests finish for drain_timeout, then
@@ -296,11 +297,32 @@ static void on_signal(uv_signal_t *h, int signum)
 
 /* ---- SIGHUP ------------------------------------------------------------------------ */
 
-static bool http_limit_option(int opt)
+/* The transport's limits from the configuration (the rest stay at their defaults). */
+static void limits_from_conf(const struct moed_config *c, struct api_limits *lim)
 {
-    return opt == CONF_OPT_max_connections || opt == CONF_OPT_max_body_size ||
-           opt == CONF_OPT_max_header_size || opt == CONF_OPT_header_timeout ||
-           opt == CONF_OPT_idle_timeout;
+    api_limits_default(lim);
+    lim->max_connections = (unsigned)c->max_connections;
+    lim->max_body_bytes = (size_t)c->max_body_size;
+    lim->max_header_bytes = (size_t)c->max_header_size;
+    lim->header_timeout_ms = (unsigned)c->header_timeout;
+    lim->idle_timeout_ms = (unsigned)c->idle_timeout;
+}
+
+/* Give the HTTP server the reloaded limits; on failure keep the running ones
+ * (and say so in nw, which becomes the running configuration). */
+static void apply_http_limits(struct serve *sv, struct moed_config *nw)
+{
+    struct api_limits lim;
+    limits_from_conf(nw, &lim);
+    struct moed_err e = {0};
+    if (api_server_set_limits(sv->srv, &lim, &e)) {
+        log_err("SIGHUP: %s; keeping the HTTP limits in use", e.msg);
+        nw->max_connections = sv->cfg.max_connections;
+        nw->max_body_size = sv->cfg.max_body_size;
+        nw->max_header_size = sv->cfg.max_header_size;
+        nw->header_timeout = sv->cfg.header_timeout;
+        nw->idle_timeout = sv->cfg.idle_timeout;
+    }
 }
 
 static void log_diag(const struct conf_diag *d)
@@ -353,12 +375,7 @@ static void on_hup(uv_signal_t *h, int signum)
         char a[128], b[128];
         conf_format_value(&sv->cfg, ch[i].opt, a, sizeof a);
         conf_format_value(&nw, ch[i].opt, b, sizeof b);
-        if (http_limit_option(ch[i].opt))
-            log_warn("reload: %s = %s -> %s: noted, but the HTTP server keeps its limits until "
-                     "a restart",
-                     conf_options[ch[i].opt].name, a, b);
-        else
-            log_info("reload: %s = %s -> %s", conf_options[ch[i].opt].name, a, b);
+        log_info("reload: %s = %s -> %s", conf_options[ch[i].opt].name, a, b);
     }
     /* the key file is read again even when its name did not change (rotation) */
     if (apply_api_key(sv, nw.api_key_file, &e)) {
@@ -368,9 +385,12 @@ static void on_hup(uv_signal_t *h, int signum)
         if (!nw.api_key_file)
             nw.api_key_file = calloc(1, 1);
     }
+    /* open connections keep going; new connections and requests get these */
+    apply_http_limits(sv, &nw);
     routes_set_metrics(sv->rt, nw.metrics);
     routes_set_default_max_tokens(sv->rt, nw.default_max_tokens);
     engine_set_limits(sv->eng, (int32_t)nw.max_queued, nw.request_timeout);
+    engine_set_keepalive(sv->eng, nw.sse_keepalive);
     conf_free(&sv->cfg);
     sv->cfg = nw;
     log_info("SIGHUP: %zu option%s changed, %zu applied", n_ch, n_ch == 1 ? "" : "s", applied);
@@ -531,12 +551,7 @@ int cmd_serve(int argc, char **argv)
     int status = 1;
     uv_loop_init(&sv->loop);
     struct api_limits lim;
-    api_limits_default(&lim);
-    lim.max_connections = (unsigned)c->max_connections;
-    lim.max_body_bytes = (size_t)c->max_body_size;
-    lim.max_header_bytes = (size_t)c->max_header_size;
-    lim.header_timeout_ms = (unsigned)c->header_timeout;
-    lim.idle_timeout_ms = (unsigned)c->idle_timeout;
+    limits_from_conf(c, &lim);
     if (api_server_init(&sv->srv, &sv->loop, &lim, &e)) {
         log_err("%s", e.msg);
         goto out_loop;
@@ -587,6 +602,7 @@ int cmd_serve(int argc, char **argv)
         .threads = (int)c->threads,
         .chat_template = c->chat_template,
         .request_timeout_ms = c->request_timeout,
+        .keepalive_ms = c->sse_keepalive,
         .on_state = engine_state_cb,
         .log = engine_logger,
         .ud = sv,

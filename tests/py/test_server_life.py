@@ -32,7 +32,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import (HOST, MOED, QUEUE_PATTERNS, SLOW, TINY_NAME, ConnectionClosed, RawConn,
+from conftest import (BASE_ARGS, HOST, MOED, QUEUE_PATTERNS, SLOW, TINY_NAME, ConnectionClosed, RawConn,
                       check_error_object, engine_idle, free_port, request_bytes,
                       running_sequences, stream_events, tokenize, wait_until)
 
@@ -847,3 +847,52 @@ def test_loadtest_short_run(daemon, tmp_path):
     assert res["metrics"]["running_sequences_after"] == 0
     assert res["ttft_ms"]["n"] == res["requests_ok"]
     assert "result: PASS" in r.stdout
+
+
+def test_sighup_lowers_max_body_size(make_daemon):
+    # the base flags set --max-body-size, which would outrank the file
+    args = [a for a in BASE_ARGS]
+    i = args.index("--max-body-size")
+    del args[i:i + 2]
+    d = make_daemon(args, name="hupbody", base_args=False, config="max_body_size = 64K\n")
+    small = {"model": MODEL, "prompt": "b", "max_tokens": 1}
+    big = {"model": MODEL, "prompt": "b", "max_tokens": 1, "user": "x" * 8192}
+    r = d.post("/v1/completions", big)
+    assert r.status == 200, (r.status, r.body[:300])
+    d.config_path.write_text("max_body_size = 4K\n")
+    d.signal(signal.SIGHUP)
+    assert wait_until(lambda: d.post("/v1/completions", big).status == 413, 3), \
+        "a body over the reloaded max_body_size was not refused"
+    r = d.post("/v1/completions", big)
+    assert r.status == 413 and r.json()["error"]["code"] == "request_too_large", r.body[:300]
+    assert d.post("/v1/completions", small).status == 200
+    assert "max_body_size" in d.stderr()
+    assert "kept until a restart" not in d.stderr() and "until a restart" not in d.stderr()
+
+
+def test_sse_keepalive_during_long_prefill(make_daemon):
+    """A stream whose first token waits on a long prefill (16 prompt tokens a
+    step) gets `: keepalive` comment lines every sse_keepalive, only before
+    its first token; the stream still parses and completes."""
+    d = make_daemon(LONG_ARGS + ["--prefill-chunk", "16", "--sse-keepalive", "20ms"],
+                    name="keepalive")
+    t0 = time.monotonic()
+    r = d.post("/v1/completions", {"model": MODEL, "prompt": [15496] * 3000, "max_tokens": 3,
+                                   "temperature": 0, "stream": True}, timeout=60)
+    took = time.monotonic() - t0
+    assert r.status == 200
+    body = r.body
+    objs, done = stream_events(body)
+    assert done and objs, body[-300:]
+    n = body.count(b": keepalive\n\n")
+    if took < 0.1:
+        pytest.skip(f"the prefill took only {took:.3f} s")
+    assert n >= 1, f"no keepalive comment in a {took:.2f} s stream:\n{body[:400]!r}"
+    first_text = body.find(b'"text":"')
+    assert first_text > body.rfind(b": keepalive\n\n"), "a keepalive after the first token"
+    # the option is off: no comments
+    d2 = make_daemon(LONG_ARGS + ["--prefill-chunk", "16", "--sse-keepalive", "0"],
+                     name="keepalive0")
+    r = d2.post("/v1/completions", {"model": MODEL, "prompt": [15496] * 3000, "max_tokens": 3,
+                                    "stream": True}, timeout=60)
+    assert r.status == 200 and b": keepalive" not in r.body

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from conftest import TINY_NAME, chatml, serve_available, tokenize
+from conftest import TINY_NAME, chatml, check_error_object, serve_available, tokenize
 
 _serve_ok, _serve_why = serve_available()
 if not _serve_ok:  # one line in -rs for the whole file
@@ -489,3 +489,31 @@ def test_default_model_chat(shakespeare):
         model="moed-shakespeare", messages=msgs, max_tokens=24, temperature=0, stream=True))
     assert text == r.choices[0].message.content
     assert "<|im_start|>" not in text
+
+
+def test_chat_template_kwargs_enable_thinking(make_daemon):
+    """chat_template_kwargs.enable_thinking reaches the chat template: with
+    Qwen3's, false opens the answer with an empty <think></think> block, so
+    the prompt has more tokens; a wrong type is 400 naming the field."""
+    d = make_daemon(["--chat-template", "qwen3"], name="thinking")
+    msgs = [{"role": "user", "content": "Hello there"}]
+
+    def prompt_tokens(**extra):
+        r = d.post("/v1/chat/completions", {"model": TINY_NAME, "messages": msgs,
+                                            "max_tokens": 1, **extra})
+        assert r.status == 200, (r.status, r.body[:300])
+        return r.json()["usage"]["prompt_tokens"]
+
+    default = prompt_tokens()
+    on = prompt_tokens(chat_template_kwargs={"enable_thinking": True})
+    off = prompt_tokens(chat_template_kwargs={"enable_thinking": False})
+    assert on == default, (on, default)
+    assert off > on, (off, on)
+    assert prompt_tokens(chat_template_kwargs={"unknown": 1}) == default
+    for kw, param in (({"enable_thinking": "no"}, "chat_template_kwargs.enable_thinking"),
+                      ({"enable_thinking": 1}, "chat_template_kwargs.enable_thinking"),
+                      (True, "chat_template_kwargs")):
+        r = d.post("/v1/chat/completions", {"model": TINY_NAME, "messages": msgs,
+                                            "max_tokens": 1, "chat_template_kwargs": kw})
+        assert r.status == 400, (kw, r.status, r.body[:300])
+        check_error_object(r.body, 400, param=param)

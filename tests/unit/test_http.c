@@ -932,6 +932,94 @@ TEST(http_body_too_large_413)
     ts_stop(&t);
 }
 
+struct set_limits_arg {
+    struct api_limits lim;
+    int rc;
+};
+
+static void do_set_limits(struct ts *t, void *arg)
+{
+    struct set_limits_arg *a = arg;
+    struct moed_err e = {0};
+    a->rc = api_server_set_limits(t->srv, &a->lim, &e);
+}
+
+TEST(http_set_limits)
+{
+    struct ts t;
+    REQUIRE(ts_start(&t, NULL, NULL) == 0);
+    char body[2048];
+    memset(body, 'b', sizeof body);
+    /* An open keep-alive connection, and a body the old limit takes. */
+    struct tc *c = tc_open(&t);
+    REQUIRE(c);
+    struct tresp r;
+    CHECK(tc_sends(c, "POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 2048\r\n\r\n") == 0);
+    CHECK(tc_send(c, body, sizeof body) == 0);
+    REQUIRE(tc_read(c, &r, 2000) == 0);
+    CHECK_EQ(r.status, 200);
+    tresp_free(&r);
+
+    /* Invalid limits are refused and change nothing. */
+    struct set_limits_arg a = {.lim = test_limits()};
+    a.lim.max_body_bytes = 0;
+    ts_call(&t, do_set_limits, &a);
+    CHECK_EQ(a.rc, MOED_EINVAL);
+    a.lim = test_limits();
+    a.lim.write_high_water = a.lim.max_write_queue + 1;
+    ts_call(&t, do_set_limits, &a);
+    CHECK_EQ(a.rc, MOED_EINVAL);
+    CHECK(tc_sends(c, "POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 2048\r\n\r\n") == 0);
+    CHECK(tc_send(c, body, sizeof body) == 0);
+    REQUIRE(tc_read(c, &r, 2000) == 0);
+    CHECK_EQ(r.status, 200);
+    tresp_free(&r);
+
+    /* A tighter max_body_bytes: the next request on the open connection gets
+     * 413, and so does one on a new connection; one within the limit is fine. */
+    a.lim = test_limits();
+    a.lim.max_body_bytes = 1024;
+    ts_call(&t, do_set_limits, &a);
+    CHECK_EQ(a.rc, 0);
+    CHECK(tc_sends(c, "POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 2048\r\n\r\n") == 0);
+    REQUIRE(tc_read(c, &r, 2000) == 0);
+    CHECK_EQ(r.status, 413);
+    CHECK(is_error(&r, "request_too_large"));
+    tresp_free(&r);
+    CHECK(tc_wait_eof(c, 2000));
+    tc_close(c);
+    c = tc_open(&t);
+    REQUIRE(c);
+    CHECK(tc_sends(c, "POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 1025\r\n\r\n") == 0);
+    REQUIRE(tc_read(c, &r, 2000) == 0);
+    CHECK_EQ(r.status, 413);
+    tresp_free(&r);
+    tc_close(c);
+    c = tc_open(&t);
+    REQUIRE(c);
+    CHECK(tc_sends(c, "POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 1024\r\n\r\n") == 0);
+    CHECK(tc_send(c, body, 1024) == 0);
+    REQUIRE(tc_read(c, &r, 2000) == 0);
+    CHECK_EQ(r.status, 200);
+    CHECK_EQ(r.body_len, 1024);
+    tresp_free(&r);
+    tc_close(c);
+
+    /* Raised again: the large body passes. */
+    a.lim = test_limits();
+    ts_call(&t, do_set_limits, &a);
+    CHECK_EQ(a.rc, 0);
+    c = tc_open(&t);
+    REQUIRE(c);
+    CHECK(tc_sends(c, "POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 2048\r\n\r\n") == 0);
+    CHECK(tc_send(c, body, sizeof body) == 0);
+    REQUIRE(tc_read(c, &r, 2000) == 0);
+    CHECK_EQ(r.status, 200);
+    tresp_free(&r);
+    tc_close(c);
+    ts_stop(&t);
+}
+
 TEST(http_headers_too_large_431)
 {
     struct ts t;

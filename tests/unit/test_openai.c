@@ -9,6 +9,7 @@
 #include "api/http.h"
 #include "api/openai.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -515,6 +516,59 @@ TEST(oai_req_chat_messages)
     REQUIRE(parse(H, "{\"messages\":[{\"role\":\"user\",\"content\":\"a\"}],\"top_logprobs\":0}",
                   &rq, &e) == 0);
     CHECK(!rq.logprobs);
+    oai_request_free(&rq);
+}
+
+TEST(oai_req_chat_template_kwargs)
+{
+    struct oai_request rq;
+    struct oai_error e;
+    /* absent, null, an empty object, a null value: the template's default */
+    const char *dflt[] = {
+        M "\"max_tokens\":1}",
+        M "\"chat_template_kwargs\":null}",
+        M "\"chat_template_kwargs\":{}}",
+        M "\"chat_template_kwargs\":{\"enable_thinking\":null}}",
+        M "\"chat_template_kwargs\":{\"other\":[1,2],\"x\":\"y\"}}",
+    };
+    for (size_t i = 0; i < sizeof dflt / sizeof dflt[0]; i++) {
+        REQUIRE(parse(H, dflt[i], &rq, &e) == 0);
+        CHECK_EQ(rq.enable_thinking, -1);
+        oai_request_free(&rq);
+    }
+    REQUIRE(parse(H, M "\"chat_template_kwargs\":{\"enable_thinking\":false}}", &rq, &e) == 0);
+    CHECK_EQ(rq.enable_thinking, 0);
+    oai_request_free(&rq);
+    REQUIRE(parse(H, M "\"chat_template_kwargs\":{\"enable_thinking\":true,\"z\":1}}", &rq, &e) ==
+            0);
+    CHECK_EQ(rq.enable_thinking, 1);
+    oai_request_free(&rq);
+    /* wrong types: 400 naming the field */
+    const struct {
+        const char *body, *param;
+    } bad[] = {
+        {M "\"chat_template_kwargs\":{\"enable_thinking\":\"no\"}}",
+         "chat_template_kwargs.enable_thinking"},
+        {M "\"chat_template_kwargs\":{\"enable_thinking\":0}}",
+         "chat_template_kwargs.enable_thinking"},
+        {M "\"chat_template_kwargs\":{\"enable_thinking\":[true]}}",
+         "chat_template_kwargs.enable_thinking"},
+        {M "\"chat_template_kwargs\":true}", "chat_template_kwargs"},
+        {M "\"chat_template_kwargs\":[]}", "chat_template_kwargs"},
+        {M "\"chat_template_kwargs\":\"enable_thinking\"}", "chat_template_kwargs"},
+        {M "\"chat_template_kwargs\":{},\"chat_template_kwargs\":{}}", "chat_template_kwargs"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        CHECK_EQ(parse(H, bad[i].body, &rq, &e), MOED_EINVAL);
+        CHECK_EQ(e.status, 400);
+        if (strcmp(e.param, bad[i].param) != 0)
+            fprintf(stderr, "    %s: param '%s', want '%s'\n", bad[i].body, e.param,
+                    bad[i].param);
+        CHECK(strcmp(e.param, bad[i].param) == 0);
+    }
+    /* completions have no chat template: the field is ignored there */
+    REQUIRE(parse(C, P "\"chat_template_kwargs\":5}", &rq, &e) == 0);
+    CHECK_EQ(rq.enable_thinking, -1);
     oai_request_free(&rq);
 }
 
