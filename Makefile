@@ -157,12 +157,16 @@ FUZZ_SRC_fuzz_tok := common/err.c kernels/cpu/types.c model/gguf.c model/tok.c m
                      model/tok_spm.c model/tok_utf8.c
 FUZZ_SRC_fuzz_oai := common/err.c model/sample.c api/oai_err.c api/oai_req.c api/oai_resp.c \
                      api/oai_text.c
+FUZZ_SRC_fuzz_http := common/err.c api/conn.c api/server.c api/respond.c api/post.c api/metrics.c \
+                      $(wildcard $(LLHTTP_DIR)/*.c)
+# extra libraries per target (after the common ones)
+FUZZ_LIBS_fuzz_http := -luv
 FUZZ_FLAGS := -std=c11 -g -O1 -I. -D_GNU_SOURCE -fsanitize=fuzzer,address,undefined \
               -fno-sanitize-recover=all
 .SECONDEXPANSION:
 build-fuzz/fuzz_%: tests/fuzz/fuzz_%.c $$(FUZZ_SRC_fuzz_$$*)
 	@mkdir -p $(@D)
-	clang $(FUZZ_FLAGS) $(CPPFLAGS) -o $@ $^ -lcjson -lpcre2-8 -lm -pthread
+	clang $(FUZZ_FLAGS) $(CPPFLAGS) -o $@ $^ $(FUZZ_LIBS_fuzz_$*) -lcjson -lpcre2-8 -lm -pthread
 
 fuzz: $(FUZZ_TARGETS)
 	@for t in $(FUZZ_TARGETS); do \
