@@ -4,9 +4,31 @@
 #include <errno.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <time.h>
 
 #include "model/model.h"
 #include "model/tok.h"
+
+double cli_now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+int cli_parse_long(const char *cmd, const char *flag, const char *s, long lo, long hi, long *out)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || end == s || *end || v < lo || v > hi) {
+        fprintf(stderr, "moed %s: %s '%s': expected an integer in %ld..%ld\n", cmd, flag, s, lo,
+                hi);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
 
 char *cli_read_all(FILE *f, size_t *len)
 {

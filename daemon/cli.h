@@ -8,6 +8,13 @@
 struct model;
 struct tok;
 
+/* Seconds on the monotonic clock. */
+double cli_now_s(void);
+
+/* A decimal integer in lo..hi given to flag; on error prints
+ * "moed CMD: FLAG 'S': expected an integer in LO..HI" and returns -1. */
+int cli_parse_long(const char *cmd, const char *flag, const char *s, long lo, long hi, long *out);
+
 /* Read all of f (NUL-terminated; *len excludes the NUL); NULL with errno set
  * on failure. */
 char *cli_read_all(FILE *f, size_t *len);

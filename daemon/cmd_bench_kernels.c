@@ -25,6 +25,7 @@
 #include <unistd.h>
 
 #include "common/err.h"
+#include "daemon/cli.h"
 #include "daemon/cmds.h"
 #include "kernels/cpu/dot.h"
 #include "kernels/cpu/isa.h"
@@ -44,13 +45,6 @@ struct bench_opts {
     int prefetch;
     bool pin;
 };
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 static int cmp_double(const void *a, const void *b)
 {
@@ -332,12 +326,12 @@ static struct measure run_set(struct sched_pool *pool, struct matset *ms, const 
     int64_t count = 1;
     double t = 0;
     for (;;) { /* calibration, doubles as warm-up */
-        double t0 = now_s();
+        double t0 = cli_now_s();
         for (int64_t k = 0; k < count; k++) {
             j.mm.w = ms->base + (size_t)(ms->next++ % ms->items) * ms->item_bytes;
             sched_pool_run(pool, mm_fn, &j);
         }
-        t = now_s() - t0;
+        t = cli_now_s() - t0;
         if (t >= target * 0.25 || count >= (int64_t)1 << 30)
             break;
         count *= 4;
@@ -345,12 +339,12 @@ static struct measure run_set(struct sched_pool *pool, struct matset *ms, const 
     count = (int64_t)((double)count * target / (t > 1e-9 ? t : 1e-9)) + 1;
     double gbs[1000], gfl[1000];
     for (int r = 0; r < o->repeats; r++) {
-        double t0 = now_s();
+        double t0 = cli_now_s();
         for (int64_t k = 0; k < count; k++) {
             j.mm.w = ms->base + (size_t)(ms->next++ % ms->items) * ms->item_bytes;
             sched_pool_run(pool, mm_fn, &j);
         }
-        double dt = now_s() - t0;
+        double dt = cli_now_s() - t0;
         double bytes = (double)count * (double)kern_row_size(ms->t, ms->n) * (double)ms->rows;
         gbs[r] = bytes / dt * 1e-9;
         gfl[r] = 2.0 * (double)count * (double)ms->rows * (double)ms->n * (double)ntok / dt * 1e-9;
@@ -372,12 +366,12 @@ static double read_bw(struct sched_pool *pool, const uint8_t *buf, size_t bytes,
     sched_pool_run(pool, sum_fn, j); /* warm-up */
     double v[1000];
     for (int r = 0; r < o->repeats; r++) {
-        double t0 = now_s(), dt;
+        double t0 = cli_now_s(), dt;
         int passes = 0;
         do {
             sched_pool_run(pool, sum_fn, j);
             passes++;
-            dt = now_s() - t0;
+            dt = cli_now_s() - t0;
         } while (dt < o->seconds / o->repeats);
         size_t per = j->words / (size_t)sched_pool_size(pool) / 8 * 8;
         v[r] = (double)passes * (double)(per * 8 * (size_t)sched_pool_size(pool)) / dt * 1e-9;
@@ -392,11 +386,11 @@ static double pool_overhead_us(struct sched_pool *pool)
 {
     for (int i = 0; i < 1000; i++)
         sched_pool_run(pool, empty_fn, NULL);
-    double t0 = now_s();
+    double t0 = cli_now_s();
     const int n = 20000;
     for (int i = 0; i < n; i++)
         sched_pool_run(pool, empty_fn, NULL);
-    return (now_s() - t0) / n * 1e6;
+    return (cli_now_s() - t0) / n * 1e6;
 }
 
 /* Fill a set: 64 rows quantized from random floats, repeated over the

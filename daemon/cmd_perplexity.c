@@ -68,27 +68,6 @@ static const char usage[] =
     "  --chunks N           use only the first N windows\n"
     "  -h, --help           this text\n";
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
-static int parse_long(const char *flag, const char *s, long lo, long hi, long *out)
-{
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || end == s || *end || v < lo || v > hi) {
-        fprintf(stderr, "moed perplexity: %s '%s': expected an integer in %ld..%ld\n", flag, s,
-                lo, hi);
-        return -1;
-    }
-    *out = v;
-    return 0;
-}
-
 struct ppl_args {
     const char *model, *file;
     long ctx, batch, threads, chunks;
@@ -119,13 +98,13 @@ static int parse_args(int argc, char **argv, struct ppl_args *a)
         else if (!strcmp(f, "-f") || !strcmp(f, "--file"))
             a->file = v;
         else if (!strcmp(f, "-c") || !strcmp(f, "--ctx"))
-            rc = parse_long(f, v, 2, 1 << 20, &a->ctx);
+            rc = cli_parse_long("perplexity", f, v, 2, 1 << 20, &a->ctx);
         else if (!strcmp(f, "-b") || !strcmp(f, "--batch"))
-            rc = parse_long(f, v, 1, 1 << 16, &a->batch);
+            rc = cli_parse_long("perplexity", f, v, 1, 1 << 16, &a->batch);
         else if (!strcmp(f, "-t") || !strcmp(f, "--threads"))
-            rc = parse_long(f, v, 1, 4096, &a->threads);
+            rc = cli_parse_long("perplexity", f, v, 1, 4096, &a->threads);
         else if (!strcmp(f, "--chunks"))
-            rc = parse_long(f, v, 1, INT32_MAX, &a->chunks);
+            rc = cli_parse_long("perplexity", f, v, 1, INT32_MAX, &a->chunks);
         else {
             fprintf(stderr, "moed perplexity: unknown argument '%s' (try --help)\n", f);
             return 2;
@@ -218,7 +197,7 @@ int cmd_perplexity(int argc, char **argv)
 
     struct ppl p = {0};
     struct moed_err e = {0};
-    double t_load = now_s();
+    double t_load = cli_now_s();
     rc = 1;
     if (cli_model_open("perplexity", a.model, &p.m, &p.tok))
         goto out;
@@ -317,7 +296,7 @@ int cmd_perplexity(int argc, char **argv)
             "moed perplexity: %s: %s, %d layers, d %d, %d experts top %d, vocab %d, loaded in "
             "%.0f ms; %d thread%s, %s\n",
             a.model, model_arch_name(hp->arch), hp->n_layer, hp->n_embd, hp->n_expert,
-            hp->n_expert_used, hp->n_vocab, (now_s() - t_load) * 1e3, sched_pool_size(p.pool),
+            hp->n_expert_used, hp->n_vocab, (cli_now_s() - t_load) * 1e3, sched_pool_size(p.pool),
             sched_pool_size(p.pool) == 1 ? "" : "s", kern_isa_describe());
     fprintf(stderr,
             "moed perplexity: %s: %zu tokens (one stream, no BOS); %ld windows of %ld tokens%s "
@@ -343,7 +322,7 @@ int cmd_perplexity(int argc, char **argv)
 
     double sum = 0, sum_half = 0;
     int64_t counted = 0, n_half = 0;
-    double t0 = now_s(), t_print = t0, t_score = 0;
+    double t0 = cli_now_s(), t_print = t0, t_score = 0;
     for (int64_t g0 = 0; g0 < total; g0 += B) {
         int32_t n = (int32_t)(total - g0 < B ? total - g0 : B);
         for (int32_t i = 0; i < n; i++) {
@@ -363,7 +342,7 @@ int cmd_perplexity(int argc, char **argv)
             free(seqs);
             goto out;
         }
-        double ts = now_s();
+        double ts = cli_now_s();
         /* the logits at a flagged position predict the window's next token */
         size_t rows = 0;
         for (int32_t i = 0; i < n; i++)
@@ -383,7 +362,7 @@ int cmd_perplexity(int argc, char **argv)
             r++;
         }
         counted += (int64_t)rows;
-        double t = now_s();
+        double t = cli_now_s();
         t_score += t - ts;
         int64_t done = g0 + n;
         if (counted && (t - t_print >= 2.0 || done == total)) {
@@ -396,7 +375,7 @@ int cmd_perplexity(int argc, char **argv)
         }
     }
     free(seqs);
-    double dt = now_s() - t0;
+    double dt = cli_now_s() - t0;
     if (counted != n_scored) {
         fprintf(stderr, "moed perplexity: internal error: scored %" PRId64 " tokens, expected %" PRId64 "\n",
                 counted, n_scored);

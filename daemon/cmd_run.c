@@ -57,26 +57,6 @@ static const char usage[] =
     "                            (format: model/trace.h; summary: tools/trace_summary.py)\n"
     "  -h, --help                this text\n";
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
-static int parse_long(const char *flag, const char *s, long lo, long hi, long *out)
-{
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || end == s || *end || v < lo || v > hi) {
-        fprintf(stderr, "moed run: %s '%s': expected an integer in %ld..%ld\n", flag, s, lo, hi);
-        return -1;
-    }
-    *out = v;
-    return 0;
-}
-
 static int parse_float(const char *flag, const char *s, float *out)
 {
     char *end;
@@ -142,11 +122,11 @@ static int parse_args(int argc, char **argv, struct run_args *a)
         else if (!strcmp(f, "--routing-trace"))
             a->trace_path = v;
         else if (!strcmp(f, "-n") || !strcmp(f, "--n-predict"))
-            rc = parse_long(f, v, 0, 1 << 24, &a->n_predict);
+            rc = cli_parse_long("run", f, v, 0, 1 << 24, &a->n_predict);
         else if (!strcmp(f, "--temp"))
             rc = parse_float(f, v, &a->sp.temperature);
         else if (!strcmp(f, "--top-k")) {
-            if (!(rc = parse_long(f, v, 0, INT32_MAX, &l)))
+            if (!(rc = cli_parse_long("run", f, v, 0, INT32_MAX, &l)))
                 a->sp.top_k = (int32_t)l;
         } else if (!strcmp(f, "--top-p"))
             rc = parse_float(f, v, &a->sp.top_p);
@@ -168,11 +148,11 @@ static int parse_args(int argc, char **argv, struct run_args *a)
             }
             a->seed_given = true;
         } else if (!strcmp(f, "--threads"))
-            rc = parse_long(f, v, 1, 4096, &a->threads);
+            rc = cli_parse_long("run", f, v, 1, 4096, &a->threads);
         else if (!strcmp(f, "--ctx"))
-            rc = parse_long(f, v, 1, INT32_MAX, &a->n_ctx);
+            rc = cli_parse_long("run", f, v, 1, INT32_MAX, &a->n_ctx);
         else if (!strcmp(f, "--batch"))
-            rc = parse_long(f, v, 1, 1 << 16, &a->batch);
+            rc = cli_parse_long("run", f, v, 1, 1 << 16, &a->batch);
         else if (!strcmp(f, "--kv-type")) {
             if (!strcmp(v, "f16"))
                 a->kv_type = KT_F16;
@@ -282,7 +262,7 @@ static int generate(struct run *r, const struct run_args *a)
     }
 
     /* prefill: the prompt in batches, logits for its last token only */
-    double t0 = now_s();
+    double t0 = cli_now_s();
     for (int32_t i0 = 0; i0 < n_prompt; i0 += (int32_t)a->batch) {
         int32_t n = n_prompt - i0 < a->batch ? n_prompt - i0 : (int32_t)a->batch;
         for (int32_t i = 0; i < n; i++) {
@@ -304,14 +284,14 @@ static int generate(struct run *r, const struct run_args *a)
     free(pos);
     free(seq);
     free(want);
-    double t_prefill = now_s() - t0;
+    double t_prefill = cli_now_s() - t0;
     if (a->profile) {
         print_profile("prefill", r->fwd, t_prefill);
         fwd_stats_reset(r->fwd);
     }
 
     /* decode: sample from the last logits, show the token, feed it back */
-    double t1 = now_s();
+    double t1 = cli_now_s();
     int32_t n_steps = 0, n_gen = 0;
     const char *eos_note = "";
     while (n_gen < a->n_predict) {
@@ -350,7 +330,7 @@ static int generate(struct run *r, const struct run_args *a)
         }
         n_steps++;
     }
-    double t_decode = now_s() - t1;
+    double t_decode = cli_now_s() - t1;
     if (a->profile)
         print_profile("decode", r->fwd, t_decode);
     const char *text;
@@ -439,7 +419,7 @@ int cmd_run(int argc, char **argv)
 
     struct run r = {0};
     struct moed_err e = {0};
-    double t0 = now_s();
+    double t0 = cli_now_s();
     rc = 1;
     if (cli_model_open("run", a.model, &r.m, &r.tok))
         goto out;
@@ -504,7 +484,7 @@ int cmd_run(int argc, char **argv)
             "moed run: %s: %s, %d layers, d %d, %d experts top %d, %.2f GiB, loaded in %.0f ms; "
             "%d thread%s, %s\n",
             a.model, model_arch_name(hp->arch), hp->n_layer, hp->n_embd, hp->n_expert,
-            hp->n_expert_used, (double)model_weight_bytes(&r.m) / (1 << 30), (now_s() - t0) * 1e3,
+            hp->n_expert_used, (double)model_weight_bytes(&r.m) / (1 << 30), (cli_now_s() - t0) * 1e3,
             sched_pool_size(r.pool), sched_pool_size(r.pool) == 1 ? "" : "s", kern_isa_describe());
     if (a.sp.temperature > 0)
         fprintf(stderr, "moed run: seed %" PRIu64 "\n", a.sp.seed);
