@@ -19,7 +19,7 @@
  *
  * Each line operates on all the step's tokens at once: the matrix products
  * are kern_matmul over the batch (weights read once per step), attention is
- * split over (token, head) pairs across the pool's threads.
+ * split over (token, KV head) items across the pool's threads (kernels/cpu/attn.h).
  */
 #include "model/forward.h"
 
@@ -157,19 +157,37 @@ static void attn_fn(void *arg, int ith, int nth)
 {
     struct attn_job *j = arg;
     const struct model_hparams *hp = &j->f->m->hp;
-    int64_t n_items = (int64_t)j->b->n * hp->n_head;
     int32_t hd = hp->head_dim, group = hp->n_head / hp->n_head_kv;
     float scale = 1.0f / sqrtf((float)hd);
+    /* items are (token, KV head, slice of its query heads): a whole group
+     * reads each K and V row once, so a group is split only when there are
+     * fewer (token, KV head) pairs than threads (decode): into the fewest
+     * equal slices that give every thread an item.  Each head's result does
+     * not depend on the slicing. */
+    int64_t n_pairs = (int64_t)j->b->n * hp->n_head_kv;
+    int32_t n_slice = 1;
+    for (int32_t c = 1; c <= group; c++) {
+        if (group % c)
+            continue;
+        n_slice = c;
+        if (n_pairs * c >= nth)
+            break;
+    }
+    int32_t per = group / n_slice;
+    int64_t n_items = n_pairs * n_slice;
     /* items round-robin: with causal attention later tokens cost more, and
      * contiguous ranges would leave the last thread with most of the work */
     for (int64_t it = ith; it < n_items; it += nth) {
-        int32_t t = (int32_t)(it / hp->n_head), h = (int32_t)(it % hp->n_head);
+        int32_t sl = (int32_t)(it % n_slice);
+        int64_t pair = it / n_slice;
+        int32_t t = (int32_t)(pair / hp->n_head_kv), g = (int32_t)(pair % hp->n_head_kv);
+        int32_t h = g * group + sl * per; /* first query head of the item */
         const struct kv_seq *kv = j->seqs[j->b->seq[t]];
-        size_t off = (size_t)(h / group) * hd * kv_elem_size(kv); /* this head's KV head */
+        size_t off = (size_t)g * hd * kv_elem_size(kv); /* this KV head */
         size_t qo = ((size_t)t * hp->n_head + h) * hd;
-        ops_attn_head(j->f->att + qo, j->f->q + qo, (const char *)kv_k(kv, j->il, 0) + off,
-                      (const char *)kv_v(kv, j->il, 0) + off, kv->type, (size_t)kv->n_kv,
-                      j->b->pos[t] + 1, hd, scale);
+        ops_attn_group(j->f->att + qo, j->f->q + qo, per, (const char *)kv_k(kv, j->il, 0) + off,
+                       (const char *)kv_v(kv, j->il, 0) + off, kv->type, (size_t)kv->n_kv,
+                       j->b->pos[t] + 1, hd, scale);
     }
 }
 

@@ -80,102 +80,29 @@ void ops_topk(const float *x, int n, int k, int32_t *idx, float *val)
     }
 }
 
-/* f16 -> f32: normal numbers inline (rebias the exponent 15 -> 127, shift
- * the mantissa), zeros, subnormals, inf and NaN through kern_f16_to_f32. */
-static inline float f16_to_f32(kern_f16 h)
+void ops_attn_group(float *out, const float *q, int n_q, const void *k, const void *v,
+                    uint32_t kv_type, size_t stride, int32_t n_pos, int head_dim, float scale)
 {
-    uint32_t e = (h >> 10) & 0x1fu;
-    if (e == 0 || e == 0x1f)
-        return kern_f16_to_f32(h);
-    uint32_t u = ((uint32_t)(h & 0x8000u) << 16) | ((((uint32_t)h & 0x7fffu) << 13) + (112u << 23));
-    float f;
-    memcpy(&f, &u, sizeof f);
-    return f;
-}
-
-/*
- * Four floats at a time with GCC's generic vectors (one SSE register on the
- * baseline ISA): the attention loops below would otherwise stay scalar at
- * -O2.  Loads and stores through memcpy: no alignment assumed.
- */
-typedef float f32x4 __attribute__((vector_size(16)));
-
-static inline f32x4 load4(const float *p)
-{
-    f32x4 v;
-    memcpy(&v, p, sizeof v);
-    return v;
-}
-
-static inline void store4(float *p, f32x4 v)
-{
-    memcpy(p, &v, sizeof v);
-}
-
-/* sum a[i] b[i]: eight lanes in two registers, added pairwise, then the tail. */
-static inline float dot_f32(const float *a, const float *b, int n)
-{
-    f32x4 s0 = {0}, s1 = {0};
-    int i = 0;
-    for (; i + 8 <= n; i += 8) {
-        s0 += load4(a + i) * load4(b + i);
-        s1 += load4(a + i + 4) * load4(b + i + 4);
-    }
-    f32x4 s4 = s0 + s1;
-    float s = (s4[0] + s4[2]) + (s4[1] + s4[3]);
-    for (; i < n; i++)
-        s += a[i] * b[i];
-    return s;
-}
-
-/* y = a y + b x. */
-static inline void axpby_f32(float *y, float a, float b, const float *x, int n)
-{
-    int i = 0;
-    for (; i + 4 <= n; i += 4)
-        store4(y + i, a * load4(y + i) + b * load4(x + i));
-    for (; i < n; i++)
-        y[i] = a * y[i] + b * x[i];
-}
-
-/* One cached row (head_dim values of type kv_type) as f32: the row itself,
- * or its conversion in buf (head_dim <= ATTN_MAX_HD). */
-static const float *kv_row(const void *base, uint32_t type, size_t off, int head_dim, float *buf)
-{
-    if (type != KT_F16)
-        return (const float *)base + off;
-    const kern_f16 *h = (const kern_f16 *)base + off;
-    for (int d = 0; d < head_dim; d++)
-        buf[d] = f16_to_f32(h[d]);
-    return buf;
+    assert(head_dim <= ATTN_MAX_HD);
+    struct kern_attn_group g = {.out = out,
+                                .q = q,
+                                .k = k,
+                                .v = v,
+                                .q_stride = (size_t)head_dim,
+                                .out_stride = (size_t)head_dim,
+                                .kv_stride = stride,
+                                .kv_type = kv_type,
+                                .n_pos = n_pos,
+                                .n_q = n_q,
+                                .head_dim = head_dim,
+                                .scale = scale};
+    kern_attn_run(&g);
 }
 
 void ops_attn_head(float *out, const float *q, const void *k, const void *v, uint32_t kv_type,
                    size_t stride, int32_t n_pos, int head_dim, float scale)
 {
-    assert(head_dim <= ATTN_MAX_HD);
-    float kbuf[ATTN_MAX_HD], vbuf[ATTN_MAX_HD];
-    /* Running max m, running sum l = sum exp(s_p - m), out = sum exp(s_p - m) v_p;
-     * a new maximum rescales both by exp(m_old - m_new). */
-    float m = -INFINITY, l = 0;
-    for (int d = 0; d < head_dim; d++)
-        out[d] = 0;
-    for (int32_t p = 0; p < n_pos; p++) {
-        size_t off = (size_t)p * stride;
-        float s = scale * dot_f32(q, kv_row(k, kv_type, off, head_dim, kbuf), head_dim);
-        float r = 1.0f; /* exp(m_old - m_new): 0 at the first position (m = -inf) */
-        if (s > m) {
-            r = expf(m - s);
-            l *= r;
-            m = s;
-        }
-        float e = expf(s - m);
-        l += e;
-        axpby_f32(out, r, e, kv_row(v, kv_type, off, head_dim, vbuf), head_dim);
-    }
-    float inv = l > 0 ? 1.0f / l : 0.0f;
-    for (int d = 0; d < head_dim; d++)
-        out[d] *= inv;
+    ops_attn_group(out, q, 1, k, v, kv_type, stride, n_pos, head_dim, scale);
 }
 
 void ops_par(struct sched_pool *pool, sched_pool_fn fn, void *arg)

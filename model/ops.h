@@ -1,7 +1,7 @@
 /*
  * The small operations of the forward pass that have no kernel in
- * kernels/cpu yet: RMSNorm, RoPE, softmax, SwiGLU, top-k, attention of one
- * query head over a KV cache, and helpers that run the big matrix products
+ * kernels/cpu yet: RMSNorm, RoPE, softmax, SwiGLU, top-k; attention over a
+ * KV cache (a thin wrapper of kernels/cpu/attn.h), and helpers that run the big matrix products
  * (kernels/cpu/dot.h) on the thread pool.  Plain C, written to be checked
  * against the formulas; the matmuls stay on kern_matmul.
  */
@@ -12,6 +12,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "kernels/cpu/attn.h"
 #include "kernels/cpu/dot.h"
 #include "sched/pool.h"
 
@@ -41,13 +42,21 @@ void ops_topk(const float *x, int n, int k, int32_t *idx, float *val);
  * Attention of one query head over n_pos cached positions:
  *     out = sum_p softmax_p(scale * q . k_p) v_p
  * k_p = k + p * stride elements (same for v), head_dim <= ATTN_MAX_HD values
- * each, of type kv_type (KT_F32 or KT_F16).  One pass with a running maximum (the online
- * softmax of "Online normalizer calculation for softmax", Milakov &
- * Gimelshein 2018), so the cost is O(n_pos * head_dim) and no score buffer.
+ * each, of type kv_type (KT_F32 or KT_F16).  ops_attn_group with n_q = 1.
  */
-#define ATTN_MAX_HD 1024
+#define ATTN_MAX_HD KERN_ATTN_MAX_HD
 void ops_attn_head(float *out, const float *q, const void *k, const void *v, uint32_t kv_type,
                    size_t stride, int32_t n_pos, int head_dim, float scale);
+
+/*
+ * Attention of the n_q query heads that share one KV head (GQA), query i at
+ * q + i * head_dim, its output at out + i * head_dim, over the same
+ * positions: one pass over the keys and values with the online softmax
+ * (kern_attn_run, kernels/cpu/attn.h, at the active ISA level), each K and
+ * V row read once for the whole group.
+ */
+void ops_attn_group(float *out, const float *q, int n_q, const void *k, const void *v,
+                    uint32_t kv_type, size_t stride, int32_t n_pos, int head_dim, float scale);
 
 /* fn(arg, ith, nth) on every thread of pool, or fn(arg, 0, 1) when pool is NULL. */
 void ops_par(struct sched_pool *pool, sched_pool_fn fn, void *arg);
