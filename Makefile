@@ -152,10 +152,10 @@ test-unit: $(BIN)/moed-tests
 # FUZZ_SECONDS bounds each run.
 FUZZ_TARGETS := $(patsubst tests/fuzz/%.c,build-fuzz/%,$(wildcard tests/fuzz/fuzz_*.c))
 FUZZ_SRC_fuzz_gguf := common/err.c kernels/cpu/types.c model/gguf.c model/gguf_write.c
-FUZZ_SRC_fuzz_tok := common/err.c kernels/cpu/types.c model/gguf.c model/tok.c model/tok_bpe.c \
+FUZZ_SRC_fuzz_tok := common/err.c common/utf8.c kernels/cpu/types.c model/gguf.c model/tok.c model/tok_bpe.c \
                      model/tok_dec.c model/tok_enc.c model/tok_map.c model/tok_pre.c \
                      model/tok_spm.c model/tok_utf8.c
-FUZZ_SRC_fuzz_oai := common/err.c model/sample.c api/oai_err.c api/oai_req.c api/oai_resp.c \
+FUZZ_SRC_fuzz_oai := common/err.c common/utf8.c model/sample.c api/oai_err.c api/oai_req.c api/oai_resp.c \
                      api/oai_text.c
 FUZZ_SRC_fuzz_http := common/err.c api/conn.c api/server.c api/respond.c api/post.c api/metrics.c \
                       $(wildcard $(LLHTTP_DIR)/*.c)

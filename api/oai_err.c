@@ -43,7 +43,7 @@ int oai_error_set(struct oai_error *e, int status, const char *param, const char
         while (i > 0 && end - i < 3 && ((unsigned char)e->message[i - 1] & 0xC0) == 0x80)
             i--;
         if (i > 0 && (unsigned char)e->message[i - 1] >= 0xC0 &&
-            oai_utf8_next((const unsigned char *)e->message + i - 1, end - (i - 1)) <= 0)
+            utf8_next((const unsigned char *)e->message + i - 1, end - (i - 1)) <= 0)
             e->message[i - 1] = '\0';
     }
     return MOED_EINVAL;

@@ -172,7 +172,7 @@ static int copy_string(struct oai_error *e, const char *param, const cJSON *v, c
     if (!cJSON_IsString(v) || !v->valuestring)
         return bad_type(e, param, "a string", v);
     size_t n = strlen(v->valuestring), bad;
-    if (!oai_utf8_valid(v->valuestring, n, &bad))
+    if (!utf8_valid(v->valuestring, n, &bad))
         return oai_error_set(e, 400, param, "invalid_value",
                              "Invalid '%s': the string is not valid UTF-8 (bad byte at offset "
                              "%zu).",
@@ -412,7 +412,7 @@ static int parse_content(struct pctx *c, const cJSON *v, const char *param, stru
         if (!cJSON_IsString(text))
             return bad_type(c->e, p, "a string", text);
         size_t n = strlen(text->valuestring), bad;
-        if (!oai_utf8_valid(text->valuestring, n, &bad))
+        if (!utf8_valid(text->valuestring, n, &bad))
             return oai_error_set(c->e, 400, p, "invalid_value",
                                  "Invalid '%s': the string is not valid UTF-8 (bad byte at "
                                  "offset %zu).",

@@ -76,7 +76,7 @@ static void sb_json_string(struct sbuf *b, const char *s, size_t n)
             continue;
         }
         if (c >= 0x80) {
-            int r = oai_utf8_next(p + i, n - i);
+            int r = utf8_next(p + i, n - i);
             if (r > 0) {
                 i += (size_t)r;
                 continue;
@@ -128,14 +128,14 @@ static bool add(cJSON *obj, const char *key, cJSON *item)
  * "bytes:" and its characters with each stray byte as \xNN. */
 static void token_text(struct sbuf *t, const char *s, size_t n)
 {
-    if (oai_utf8_valid(s, n, NULL)) {
+    if (utf8_valid(s, n, NULL)) {
         sb_put(t, s, n);
         return;
     }
     const unsigned char *p = (const unsigned char *)s;
     sb_put(t, "bytes:", 6);
     for (size_t i = 0; i < n;) {
-        int r = oai_utf8_next(p + i, n - i);
+        int r = utf8_next(p + i, n - i);
         if (r > 0) {
             sb_put(t, s + i, (size_t)r);
             i += (size_t)r;

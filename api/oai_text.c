@@ -18,63 +18,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* ---- UTF-8 (Unicode 15, table 3-7: well-formed byte sequences) ------------- */
-
-int oai_utf8_next(const unsigned char *s, size_t n)
-{
-    unsigned c = s[0], lo = 0x80, hi = 0xBF;
-    int need;
-    if (c < 0x80)
-        return 1;
-    if (c >= 0xC2 && c <= 0xDF) {
-        need = 1;
-    } else if (c >= 0xE0 && c <= 0xEF) {
-        need = 2;
-        if (c == 0xE0)
-            lo = 0xA0; /* no overlongs */
-        else if (c == 0xED)
-            hi = 0x9F; /* no surrogates */
-    } else if (c >= 0xF0 && c <= 0xF4) {
-        need = 3;
-        if (c == 0xF0)
-            lo = 0x90; /* no overlongs */
-        else if (c == 0xF4)
-            hi = 0x8F; /* nothing above U+10FFFF */
-    } else {
-        return -1;
-    }
-    for (int i = 1; i <= need; i++) {
-        if ((size_t)i >= n)
-            return 0;
-        unsigned b = s[i];
-        if (b < lo || b > hi)
-            return -i;
-        lo = 0x80;
-        hi = 0xBF;
-    }
-    return need + 1;
-}
-
-bool oai_utf8_valid(const char *s, size_t n, size_t *bad_at)
-{
-    const unsigned char *p = (const unsigned char *)s;
-    size_t i = 0;
-    while (i < n) {
-        if (p[i] < 0x80) {
-            i++;
-            continue;
-        }
-        int r = oai_utf8_next(p + i, n - i);
-        if (r <= 0) {
-            if (bad_at)
-                *bad_at = i;
-            return false;
-        }
-        i += (size_t)r;
-    }
-    return true;
-}
-
 /* ---- the matcher ------------------------------------------------------------- */
 
 static const char replacement[3] = {(char)0xEF, (char)0xBF, (char)0xBD}; /* U+FFFD */
@@ -100,7 +43,7 @@ int oai_stop_init(struct oai_stop *m, const char *const *stops, const size_t *le
         size_t len = !stops[i] ? 0 : lens ? lens[i] : strlen(stops[i]);
         /* A stop string that is not whole characters could never match
          * (the text is), and holding part of one could split a character. */
-        if (!stops[i] || len == 0 || !oai_utf8_valid(stops[i], len, NULL)) {
+        if (!stops[i] || len == 0 || !utf8_valid(stops[i], len, NULL)) {
             oai_stop_free(m);
             return MOED_EINVAL;
         }
@@ -170,7 +113,7 @@ static int append_utf8(struct oai_stop *m, const unsigned char *p, size_t n)
     while (m->n_u8 > 0 && n > 0) {
         m->u8[m->n_u8++] = *p++;
         n--;
-        int r = oai_utf8_next(m->u8, m->n_u8);
+        int r = utf8_next(m->u8, m->n_u8);
         if (r == 0)
             continue;
         if (r > 0) {
@@ -190,7 +133,7 @@ static int append_utf8(struct oai_stop *m, const unsigned char *p, size_t n)
             i++;
             continue;
         }
-        int r = oai_utf8_next(p + i, n - i);
+        int r = utf8_next(p + i, n - i);
         if (r > 0) {
             i += (size_t)r;
             continue;

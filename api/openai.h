@@ -38,6 +38,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "common/utf8.h"
 #include "model/sample.h"
 
 #ifdef __cplusplus
@@ -332,17 +333,6 @@ int oai_stop_push(struct oai_stop *m, const char *piece, size_t len, const char 
  * U+FFFD), nothing after a match.  Returns as oai_stop_push. */
 int oai_stop_flush(struct oai_stop *m, const char **emit, size_t *n_emit);
 
-/* ---- UTF-8 ------------------------------------------------------------------- */
-
-/* Is s[0, n) valid UTF-8 (no overlongs, surrogates or code points above
- * U+10FFFF)?  If not and bad_at is non-NULL, the offset of the first bad
- * byte. */
-bool oai_utf8_valid(const char *s, size_t n, size_t *bad_at);
-
-/* Length of the character at s[0, n): > 0 for a valid one; 0 when s is a
- * valid but incomplete start (n too short); -k when invalid, k >= 1 being the
- * maximal invalid subpart to replace by one U+FFFD. */
-int oai_utf8_next(const unsigned char *s, size_t n);
 
 #ifdef __cplusplus
 }

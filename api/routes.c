@@ -99,7 +99,7 @@ static char *utf8_sanitize(const char *s, size_t n, size_t *out_len)
         return NULL;
     size_t i = 0;
     while (i < n) {
-        int k = oai_utf8_next((const unsigned char *)s + i, n - i);
+        int k = utf8_next((const unsigned char *)s + i, n - i);
         if (k > 0) {
             memcpy(p, s + i, (size_t)k);
             p += k;
@@ -642,7 +642,7 @@ static cJSON *piece_json(const struct tok *t, int32_t id)
     const char *p = tok_piece(t, id, &len);
     if (!p)
         return cJSON_CreateString("");
-    if (oai_utf8_valid(p, len, NULL)) {
+    if (utf8_valid(p, len, NULL)) {
         char *s = malloc(len + 1);
         if (!s)
             return NULL;
@@ -762,7 +762,7 @@ static void h_tokenize(struct api_req *req, void *ud)
         !opt_bool(req, root, "with_pieces", false, &w->with_pieces))
         goto out;
     w->len = strlen(c->valuestring);
-    if (!oai_utf8_valid(c->valuestring, w->len, NULL)) {
+    if (!utf8_valid(c->valuestring, w->len, NULL)) {
         api_respond_error(req, 400, "content", "invalid_value", "'content' is not valid UTF-8.");
         goto out;
     }

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/utf8.h"
 #include "daemon/cli.h"
 #include "daemon/cmds.h"
 #include "model/gguf.h"
@@ -23,21 +24,11 @@ static const char usage[] =
     "  --bos             put the BOS token first\n"
     "  --pieces          one token per line: id, tab, the bytes it stands for (quoted)\n";
 
-/* Length of the valid UTF-8 character at s (n >= 1), 0 if not valid. */
-static size_t utf8_len(const unsigned char *s, size_t n)
+/* Length of the valid UTF-8 character at s, 0 if there is none. */
+static size_t utf8_char_len(const unsigned char *s, size_t n)
 {
-    unsigned char b = s[0];
-    size_t len = b >= 0xF0 && b <= 0xF4 ? 4 : b >= 0xE0 ? 3 : b >= 0xC2 && b <= 0xDF ? 2 : 0;
-    if (!len || b > 0xF4 || n < len)
-        return 0;
-    unsigned char lo = b == 0xE0 ? 0xA0 : b == 0xF0 ? 0x90 : 0x80;
-    unsigned char hi = b == 0xED ? 0x9F : b == 0xF4 ? 0x8F : 0xBF;
-    if (s[1] < lo || s[1] > hi)
-        return 0;
-    for (size_t i = 2; i < len; i++)
-        if ((s[i] & 0xC0) != 0x80)
-            return 0;
-    return len;
+    int r = utf8_next(s, n);
+    return r > 0 ? (size_t)r : 0;
 }
 
 static void print_quoted(const char *p, size_t n)
@@ -57,7 +48,7 @@ static void print_quoted(const char *p, size_t n)
             printf("\\%c", c);
         else if (c >= 0x20 && c < 0x7f)
             putchar(c);
-        else if (c >= 0x80 && (l = utf8_len(s + i, n - i))) {
+        else if (c >= 0x80 && (l = utf8_char_len(s + i, n - i))) {
             fwrite(s + i, 1, l, stdout);
             i += l;
             continue;

@@ -11,52 +11,22 @@
  */
 #include <stdint.h>
 
+#include "common/utf8.h"
 #include "model/tok_impl.h"
 
 size_t tok_utf8_next(const uint8_t *s, size_t n, int32_t *cp)
 {
-    uint8_t b = s[0];
-    if (b < 0x80) {
-        *cp = b;
-        return 1;
-    }
-    size_t len;
-    uint32_t c;
-    uint8_t lo = 0x80, hi = 0xBF; /* allowed range of the second byte */
-    if (b >= 0xC2 && b <= 0xDF) {
-        len = 2;
-        c = b & 0x1F;
-    } else if (b >= 0xE0 && b <= 0xEF) {
-        len = 3;
-        c = b & 0x0F;
-        if (b == 0xE0)
-            lo = 0xA0; /* overlong */
-        else if (b == 0xED)
-            hi = 0x9F; /* surrogates */
-    } else if (b >= 0xF0 && b <= 0xF4) {
-        len = 4;
-        c = b & 0x07;
-        if (b == 0xF0)
-            lo = 0x90; /* overlong */
-        else if (b == 0xF4)
-            hi = 0x8F; /* > U+10FFFF */
-    } else {
+    int len = utf8_next(s, n);
+    if (len <= 0) { /* invalid or cut short: the byte is a character of its own */
         *cp = -1;
         return 1;
     }
-    if (n < len || s[1] < lo || s[1] > hi) {
-        *cp = -1;
-        return 1;
-    }
-    for (size_t i = 1; i < len; i++) {
-        if ((s[i] & 0xC0) != 0x80) {
-            *cp = -1;
-            return 1;
-        }
+    /* the lead byte's payload: 7, 5, 4 or 3 bits */
+    uint32_t c = s[0] & (len == 1 ? 0x7F : len == 2 ? 0x1F : len == 3 ? 0x0F : 0x07);
+    for (int i = 1; i < len; i++)
         c = c << 6 | (s[i] & 0x3F);
-    }
     *cp = (int32_t)c;
-    return len;
+    return (size_t)len;
 }
 
 size_t tok_utf8_put(uint32_t cp, uint8_t *out)

@@ -40,7 +40,7 @@ static void check_error(const struct oai_error *e)
 {
     FUZZ_CHECK(e->status == 400 || e->status == 404 || e->status == 500);
     FUZZ_CHECK(e->message[0] != '\0');
-    FUZZ_CHECK(oai_utf8_valid(e->message, strlen(e->message), NULL));
+    FUZZ_CHECK(utf8_valid(e->message, strlen(e->message), NULL));
     char *j = oai_error_json(e);
     if (!j)
         return; /* out of memory */
@@ -56,7 +56,7 @@ static void check_error(const struct oai_error *e)
 static void check_string(const char *s, size_t len)
 {
     FUZZ_CHECK(s && strlen(s) == len);
-    FUZZ_CHECK(oai_utf8_valid(s, len, NULL));
+    FUZZ_CHECK(utf8_valid(s, len, NULL));
 }
 
 /* The text through the stop matcher, in pieces of `step` bytes. */
@@ -74,7 +74,7 @@ static void check_stops(const struct oai_request *rq, const char *text, size_t l
         rc = oai_stop_push(&m, text + at, k, &e, &n);
         if (rc < 0)
             break;
-        FUZZ_CHECK(oai_utf8_valid(e, n, NULL));
+        FUZZ_CHECK(utf8_valid(e, n, NULL));
         FUZZ_CHECK(n_out + n <= len);
         memcpy(out + n_out, e, n);
         n_out += n;
@@ -161,7 +161,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
     FUZZ_CHECK(rq.kind == kind);
     if (rq.model)
-        FUZZ_CHECK(oai_utf8_valid(rq.model, strlen(rq.model), NULL));
+        FUZZ_CHECK(utf8_valid(rq.model, strlen(rq.model), NULL));
     FUZZ_CHECK(rq.max_tokens >= 0);
     FUZZ_CHECK(sample_params_check(&rq.sample, NULL) == 0);
     FUZZ_CHECK(rq.n_stop >= 0 && rq.n_stop <= OAI_MAX_STOP);

@@ -23,6 +23,7 @@
 #include <string.h>
 
 #include "model/gguf.h"
+#include "common/utf8.h"
 #include "model/tok.h"
 
 #define FUZZ_CHECK(c)                                                                              \
@@ -77,30 +78,6 @@ static void load_once(void)
             has_byte[b] = tok_type(tok, tok_find(tok, u, n)) == TOK_TYPE_NORMAL;
         }
     }
-}
-
-static bool valid_utf8(const char *p, size_t n)
-{
-    const unsigned char *s = (const unsigned char *)p;
-    for (size_t i = 0; i < n;) {
-        unsigned char b = s[i];
-        size_t len = b < 0x80                 ? 1
-                     : b >= 0xC2 && b <= 0xDF ? 2
-                     : b >= 0xE0 && b <= 0xEF ? 3
-                     : b >= 0xF0 && b <= 0xF4 ? 4
-                                              : 0;
-        if (!len || i + len > n)
-            return false;
-        unsigned char lo = b == 0xE0 ? 0xA0 : b == 0xF0 ? 0x90 : 0x80;
-        unsigned char hi = b == 0xED ? 0x9F : b == 0xF4 ? 0x8F : 0xBF;
-        if (len > 1 && (s[i + 1] < lo || s[i + 1] > hi))
-            return false;
-        for (size_t k = 2; k < len; k++)
-            if ((s[i + k] & 0xC0) != 0x80)
-                return false;
-        i += len;
-    }
-    return true;
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
@@ -167,12 +144,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             FUZZ_CHECK(tok_stream_feed(&st, ids.v[i], &p, &n, &e) == 0);
         else
             tok_stream_flush(&st, &p, &n);
-        FUZZ_CHECK(valid_utf8(p, n));
+        FUZZ_CHECK(utf8_valid(p, n, NULL));
         FUZZ_CHECK(an + n <= 3 * dec.n + 16);
         memcpy(acc + an, p, n);
         an += n;
     }
-    if (valid_utf8(dec.p, dec.n))
+    if (utf8_valid(dec.p, dec.n, NULL))
         FUZZ_CHECK(an == dec.n && !memcmp(acc, dec.p, an));
     free(acc);
     tok_stream_free(&st);

@@ -37,7 +37,7 @@ static void run_pieces(struct run *r, const char *const *stops, int n_stop,
         const char *e;
         size_t n;
         r->rc = oai_stop_push(&m, pieces[i], strlen(pieces[i]), &e, &n);
-        CHECK_MSG(oai_utf8_valid(e, n, NULL), "piece %d: emitted a split character", i);
+        CHECK_MSG(utf8_valid(e, n, NULL), "piece %d: emitted a split character", i);
         if (n && r->first_emit_at < 0)
             r->first_emit_at = i;
         if (n)
@@ -51,7 +51,7 @@ static void run_pieces(struct run *r, const char *const *stops, int n_stop,
         const char *e;
         size_t n;
         r->rc = oai_stop_flush(&m, &e, &n);
-        CHECK(oai_utf8_valid(e, n, NULL));
+        CHECK(utf8_valid(e, n, NULL));
         if (n)
             r->n_chunks++;
         if (r->n + n < sizeof r->out) {
@@ -354,7 +354,7 @@ TEST(oai_stop_random_cuts_match_reference)
             const char *e;
             size_t k;
             rc = oai_stop_push(&m, text + at, step, &e, &k);
-            CHECK(oai_utf8_valid(e, k, NULL));
+            CHECK(utf8_valid(e, k, NULL));
             memcpy(out + got, e, k);
             got += k;
             at += step;

@@ -217,7 +217,7 @@ TEST(oai_req_hostile_table)
         CHECK_MSG(!c->msg || strstr(e.message, c->msg), "case %zu (%s): message '%s' lacks '%s'", i,
                   c->body, e.message, c->msg);
         CHECK_MSG(e.message[0] != '\0', "case %zu: empty message", i);
-        CHECK_MSG(oai_utf8_valid(e.message, strlen(e.message), NULL), "case %zu: message not UTF-8",
+        CHECK_MSG(utf8_valid(e.message, strlen(e.message), NULL), "case %zu: message not UTF-8",
                   i);
         /* the request is left empty (nothing to free, nothing dangling) */
         CHECK(rq.model == NULL && rq.prompt == NULL && rq.prompt_ids == NULL &&
@@ -303,7 +303,7 @@ TEST(oai_req_hostile_bytes)
     CHECK_EQ(parse_n(C, body, strlen(body), &o, &rq, &e), MOED_EINVAL);
     CHECK_EQ(e.status, 404);
     CHECK(strcmp(e.code, "model_not_found") == 0 && strcmp(e.param, "model") == 0);
-    CHECK(oai_utf8_valid(e.message, strlen(e.message), NULL));
+    CHECK(utf8_valid(e.message, strlen(e.message), NULL));
     CHECK(strstr(e.message, "...` does not exist") != NULL);
 }
 
@@ -641,10 +641,10 @@ TEST(oai_err_json_matches_transport)
     big[1998] = '\0';
     oai_error_set(&e, 400, NULL, NULL, "%s", big);
     CHECK(strlen(e.message) < OAI_ERR_MSG);
-    CHECK(oai_utf8_valid(e.message, strlen(e.message), NULL));
+    CHECK(utf8_valid(e.message, strlen(e.message), NULL));
 }
 
-TEST(oai_utf8_validation)
+TEST(utf8_validation)
 {
     static const struct {
         const char *s;
@@ -671,13 +671,13 @@ TEST(oai_utf8_validation)
         {"a\xc3", false},
     };
     for (size_t i = 0; i < sizeof v / sizeof v[0]; i++)
-        CHECK_MSG(oai_utf8_valid(v[i].s, strlen(v[i].s), NULL) == v[i].ok, "case %zu", i);
+        CHECK_MSG(utf8_valid(v[i].s, strlen(v[i].s), NULL) == v[i].ok, "case %zu", i);
     size_t bad = 0;
-    CHECK(!oai_utf8_valid("ab\xc3\xa9\xff", 5, &bad));
+    CHECK(!utf8_valid("ab\xc3\xa9\xff", 5, &bad));
     CHECK_EQ(bad, 4);
     /* maximal subparts */
-    CHECK_EQ(oai_utf8_next((const unsigned char *)"\xe2\x82\x41", 3), -2);
-    CHECK_EQ(oai_utf8_next((const unsigned char *)"\xe2\x82", 2), 0);
-    CHECK_EQ(oai_utf8_next((const unsigned char *)"\xed\xa0", 2), -1);
-    CHECK_EQ(oai_utf8_next((const unsigned char *)"\xf0\x9f\x98\x80", 4), 4);
+    CHECK_EQ(utf8_next((const unsigned char *)"\xe2\x82\x41", 3), -2);
+    CHECK_EQ(utf8_next((const unsigned char *)"\xe2\x82", 2), 0);
+    CHECK_EQ(utf8_next((const unsigned char *)"\xed\xa0", 2), -1);
+    CHECK_EQ(utf8_next((const unsigned char *)"\xf0\x9f\x98\x80", 4), 4);
 }

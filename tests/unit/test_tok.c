@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "model/gguf.h"
+#include "common/utf8.h"
 #include "model/tok.h"
 #include "tests/unit/harness.h"
 
@@ -56,30 +57,6 @@ static const char *ids_str(const int32_t *v, size_t n, char *buf, size_t cap)
     return buf;
 }
 
-static bool valid_utf8(const char *p, size_t n)
-{
-    const unsigned char *s = (const unsigned char *)p;
-    for (size_t i = 0; i < n;) {
-        unsigned char b = s[i];
-        size_t len = b < 0x80                 ? 1
-                     : b >= 0xC2 && b <= 0xDF ? 2
-                     : b >= 0xE0 && b <= 0xEF ? 3
-                     : b >= 0xF0 && b <= 0xF4 ? 4
-                                              : 0;
-        if (!len || i + len > n)
-            return false;
-        unsigned char lo = b == 0xE0 ? 0xA0 : b == 0xF0 ? 0x90 : 0x80;
-        unsigned char hi = b == 0xED ? 0x9F : b == 0xF4 ? 0x8F : 0xBF;
-        if (len > 1 && (s[i + 1] < lo || s[i + 1] > hi))
-            return false;
-        for (size_t k = 2; k < len; k++)
-            if ((s[i + k] & 0xC0) != 0x80)
-                return false;
-        i += len;
-    }
-    return true;
-}
-
 /* Streams ids one by one; checks every chunk is whole UTF-8 and returns
  * the concatenation (caller frees). */
 static char *stream_all(const struct tok *t, const int32_t *ids, size_t n, unsigned flags,
@@ -102,7 +79,7 @@ static char *stream_all(const struct tok *t, const int32_t *ids, size_t n, unsig
         } else {
             tok_stream_flush(&s, &p, &len);
         }
-        if (!valid_utf8(p, len)) {
+        if (!utf8_valid(p, len, NULL)) {
             test_fail(__FILE__, __LINE__, "stream chunk %zu is not whole UTF-8", i);
             goto out;
         }
@@ -516,7 +493,7 @@ static void roundtrip_bytes(const struct tok *t, const char *s, size_t len, unsi
     /* the stream turns the ill-formed parts into U+FFFD and stays whole UTF-8 */
     size_t sl;
     char *st = stream_all(t, ids.v, ids.n, dflags, &sl);
-    CHECK(st && valid_utf8(st, sl));
+    CHECK(st && utf8_valid(st, sl, NULL));
     free(st);
     tok_bytes_free(&b);
     tok_ids_free(&ids);
@@ -561,7 +538,7 @@ TEST(tok_stream_never_splits_characters)
         const char *p;
         size_t len;
         REQUIRE(!tok_stream_feed(&st, ids.v[i], &p, &len, &e));
-        CHECK(valid_utf8(p, len));
+        CHECK(utf8_valid(p, len, NULL));
         held += len == 0;
         REQUIRE(k + len < sizeof acc);
         memcpy(acc + k, p, len);
