@@ -88,7 +88,7 @@ else
 BIN := bin
 endif
 
-.PHONY: all deps test test-unit test-san fuzz run clean
+.PHONY: all deps test test-unit test-gpu test-san fuzz run clean
 all: $(BIN)/moed $(BIN)/moed-tests $(BIN)/moed-mkmodel
 
 $(LIB): $(LIB_OBJ)
@@ -146,6 +146,18 @@ test: deps
 
 test-unit: $(BIN)/moed-tests
 	MOED_SHARED=$(SHARED) $(BIN)/moed-tests
+
+# On a machine with a CUDA device: the GPU tests (unit tests named cuda_*),
+# then the same under compute-sanitizer (memcheck, leaks) when it is there.
+# Without a device they report themselves skipped.
+SANITIZER ?= $(shell command -v compute-sanitizer 2>/dev/null || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null)
+test-gpu: $(BIN)/moed-tests
+	MOED_SHARED=$(SHARED) $(BIN)/moed-tests cuda_
+	@if [ -n "$(SANITIZER)" ]; then \
+	  echo "test-gpu: under $(SANITIZER)"; \
+	  MOED_SHARED=$(SHARED) $(SANITIZER) --tool memcheck --leak-check full --error-exitcode 1 \
+	    $(BIN)/moed-tests cuda_; \
+	else echo "test-gpu: compute-sanitizer not found: memcheck skipped"; fi
 
 # libFuzzer targets (clang): tests/fuzz/fuzz_NAME.c links the sources listed
 # in FUZZ_SRC_NAME (only what it needs, built for the baseline ISA).

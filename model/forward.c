@@ -31,10 +31,12 @@
 
 #include "kernels/cpu/dot.h"
 #include "kernels/cpu/quant.h"
+#include "model/fwd_gpu.h"
 #include "model/ops.h"
 
 struct fwd {
     const struct model *m;
+    struct fwd_gpu *gpu; /* set: every step runs there (fwd_gpu.h) */
     struct sched_pool *pool;
     struct moe_exec *exec;
     bool owns_exec;
@@ -58,6 +60,7 @@ struct fwd {
     int32_t *out_tok;   /* tokens that want logits */
     int32_t *seq_list;  /* validation scratch: sequences seen in the step */
     int32_t *seq_next;  /* ... and the position each expects next */
+    int32_t n_seq_step; /* sequences in the step check_batch passed */
     struct fwd_stats stats;
     double t_lap; /* time of the last phase boundary */
 };
@@ -326,6 +329,11 @@ static int check_batch(struct fwd *f, const struct fwd_batch *b, struct kv_seq *
             return moed_err_set(e, MOED_EINVAL, "batch token %d: sequence %d is not in 0..%d", t, s,
                                 n_seqs - 1);
         const struct kv_seq *kv = seqs[s];
+        if (kv->dev != (f->gpu != NULL))
+            return moed_err_set(e, MOED_EINVAL,
+                                "sequence %d: KV cache in %s memory, but this forward pass runs "
+                                "on the %s",
+                                s, kv->dev ? "GPU" : "host", f->gpu ? "GPU" : "CPU");
         if (kv->n_layer != f->m->hp.n_layer || kv->n_kv != f->m->hp.n_head_kv * f->m->hp.head_dim)
             return moed_err_set(e, MOED_EINVAL, "sequence %d: KV cache made for another model", s);
         int32_t li = 0;
@@ -347,6 +355,7 @@ static int check_batch(struct fwd *f, const struct fwd_batch *b, struct kv_seq *
             f->seq_list[n_list++] = s;
         f->seq_next[li] = pos + 1;
     }
+    f->n_seq_step = n_list;
     return 0;
 }
 
@@ -362,6 +371,14 @@ int fwd_step(struct fwd *f, const struct fwd_batch *b, struct kv_seq *const *seq
     f->stats.steps++;
     f->stats.tokens += b->n;
     int32_t n = b->n, d = hp->n_embd;
+    if (f->gpu) {
+        if ((rc = fwd_gpu_step(f->gpu, b, seqs, f->n_seq_step == n, logits, e)))
+            return rc;
+        for (int32_t t = 0; t < n; t++)
+            seqs[b->seq[t]]->n = b->pos[t] + 1;
+        lap(f, FWD_PH_EXPERTS); /* the GPU step is not split into phases */
+        return 0;
+    }
 
     size_t erow = kern_row_size(m->tok_embd->type, d);
     for (int32_t t = 0; t < n; t++)
@@ -391,6 +408,17 @@ int fwd_step(struct fwd *f, const struct fwd_batch *b, struct kv_seq *const *seq
     linear(f, f->h, n_out, &out, 1);
     lap(f, FWD_PH_OUTPUT);
     return 0;
+}
+
+bool fwd_on_gpu(const struct fwd *f)
+{
+    return f->gpu != NULL;
+}
+
+int fwd_kv_init(const struct fwd *f, struct kv_seq *kv, int32_t n_ctx, uint32_t type,
+                struct moed_err *e)
+{
+    return f->gpu ? kv_seq_init_dev(kv, f->m, n_ctx, type, e) : kv_seq_init(kv, f->m, n_ctx, type, e);
 }
 
 void fwd_stats_get(const struct fwd *f, struct fwd_stats *out)
@@ -424,6 +452,7 @@ void fwd_free(struct fwd *f)
         return;
     if (f->owns_exec)
         moe_exec_free(f->exec);
+    fwd_gpu_free(f->gpu);
     free(f->experts);
     free(f->x);
     free(f->h);
@@ -457,6 +486,20 @@ int fwd_init(struct fwd **out, const struct model *m, const struct fwd_opts *o, 
     f->m = m;
     f->pool = o->pool;
     f->max_batch = o->max_batch;
+    if (o->gpu) {
+        struct fwd_gpu_opts go = {
+            .device = o->gpu_device, .max_batch = o->max_batch, .no_graph = o->gpu_no_graph};
+        f->seq_list = malloc((size_t)o->max_batch * sizeof(int32_t));
+        f->seq_next = malloc((size_t)o->max_batch * sizeof(int32_t));
+        int rc = !f->seq_list || !f->seq_next ? moed_err_set(e, MOED_ENOMEM, "out of memory")
+                                              : fwd_gpu_new(&f->gpu, m, &go, e);
+        if (rc) {
+            fwd_free(f);
+            return rc;
+        }
+        *out = f;
+        return 0;
+    }
     size_t B = (size_t)o->max_batch, d = (size_t)hp->n_embd, hd = (size_t)hp->head_dim;
     size_t qd = (size_t)hp->n_head * hd, kvd = (size_t)hp->n_head_kv * hd;
     size_t sf = (size_t)hp->n_ff_shexp, k = (size_t)hp->n_expert_used;

@@ -30,12 +30,21 @@ struct fwd_opts {
     int32_t max_batch;       /* tokens per step */
     struct sched_pool *pool; /* NULL: the calling thread alone */
     struct moe_exec *exec;   /* NULL: a CPU executor on pool (owned by the fwd) */
+    bool gpu;                /* run everything on CUDA device gpu_device (model/fwd_gpu.h) */
+    int gpu_device;
+    bool gpu_no_graph;       /* GPU: never replay decode steps as CUDA graphs */
 };
 
 struct fwd;
 
 int fwd_init(struct fwd **out, const struct model *m, const struct fwd_opts *o, struct moed_err *e);
 void fwd_free(struct fwd *f);
+/* True when f runs on the GPU. */
+bool fwd_on_gpu(const struct fwd *f);
+/* A KV cache where f's steps can use it: host memory for the CPU path,
+ * device memory for the GPU path (kv_seq_init / kv_seq_init_dev). */
+int fwd_kv_init(const struct fwd *f, struct kv_seq *kv, int32_t n_ctx, uint32_t type,
+                struct moed_err *e);
 
 struct fwd_batch {
     int32_t n;            /* tokens, 1..max_batch */
@@ -55,8 +64,9 @@ struct fwd_batch {
  * per flagged token, in batch order.
  *
  * Everything is checked before anything changes: a bad token id, sequence
- * index or position, or a position past the cache's n_ctx ("KV cache
- * full") fails with the caches untouched.
+ * index or position, a position past the cache's n_ctx ("KV cache
+ * full"), or a cache in the other kind of memory fails with the caches
+ * untouched.
  */
 int fwd_step(struct fwd *f, const struct fwd_batch *b, struct kv_seq *const *seqs, int32_t n_seqs,
              float *logits, struct moed_err *e);

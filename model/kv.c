@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "kernels/cpu/quant.h"
+#include "kernels/cuda/kc.h"
 #include "model/model.h"
 
 size_t kv_elem_size(const struct kv_seq *kv)
@@ -13,8 +14,8 @@ size_t kv_elem_size(const struct kv_seq *kv)
     return kv->type == KT_F16 ? sizeof(kern_f16) : sizeof(float);
 }
 
-int kv_seq_init(struct kv_seq *kv, const struct model *m, int32_t n_ctx, uint32_t type,
-                struct moed_err *e)
+static int kv_setup(struct kv_seq *kv, const struct model *m, int32_t n_ctx, uint32_t type,
+                    size_t *bytes, struct moed_err *e)
 {
     memset(kv, 0, sizeof *kv);
     if (type != KT_F32 && type != KT_F16)
@@ -29,7 +30,17 @@ int kv_seq_init(struct kv_seq *kv, const struct model *m, int32_t n_ctx, uint32_
     size_t per = (size_t)kv->n_layer * (size_t)kv->n_kv * kv_elem_size(kv);
     if ((size_t)n_ctx > SIZE_MAX / 2 / per)
         return moed_err_set(e, MOED_ENOMEM, "KV cache of %d positions is too large", n_ctx);
-    size_t bytes = per * (size_t)n_ctx;
+    *bytes = per * (size_t)n_ctx;
+    return 0;
+}
+
+int kv_seq_init(struct kv_seq *kv, const struct model *m, int32_t n_ctx, uint32_t type,
+                struct moed_err *e)
+{
+    size_t bytes;
+    int rc = kv_setup(kv, m, n_ctx, type, &bytes, e);
+    if (rc)
+        return rc;
     kv->k = malloc(bytes);
     kv->v = malloc(bytes);
     if (!kv->k || !kv->v) {
@@ -41,10 +52,30 @@ int kv_seq_init(struct kv_seq *kv, const struct model *m, int32_t n_ctx, uint32_
     return 0;
 }
 
+int kv_seq_init_dev(struct kv_seq *kv, const struct model *m, int32_t n_ctx, uint32_t type,
+                    struct moed_err *e)
+{
+    size_t bytes;
+    int rc = kv_setup(kv, m, n_ctx, type, &bytes, e);
+    if (rc)
+        return rc;
+    kv->dev = true;
+    if ((rc = kc_malloc(&kv->k, bytes, e)) || (rc = kc_malloc(&kv->v, bytes, e))) {
+        kv_seq_free(kv);
+        return moed_err_wrap(e, "GPU KV cache of %d positions (%zu MiB)", n_ctx, 2 * bytes >> 20);
+    }
+    return 0;
+}
+
 void kv_seq_free(struct kv_seq *kv)
 {
-    free(kv->k);
-    free(kv->v);
+    if (kv->dev) {
+        kc_free(kv->k);
+        kc_free(kv->v);
+    } else {
+        free(kv->k);
+        free(kv->v);
+    }
     memset(kv, 0, sizeof *kv);
 }
 
@@ -56,7 +87,7 @@ void kv_seq_truncate(struct kv_seq *kv, int32_t n)
 
 static size_t offset(const struct kv_seq *kv, int32_t il, int32_t pos)
 {
-    assert(il >= 0 && il < kv->n_layer && pos >= 0 && pos < kv->n_ctx);
+    assert(!kv->dev && il >= 0 && il < kv->n_layer && pos >= 0 && pos < kv->n_ctx);
     return (((size_t)il * (size_t)kv->n_ctx + (size_t)pos) * (size_t)kv->n_kv) * kv_elem_size(kv);
 }
 

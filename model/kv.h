@@ -11,6 +11,7 @@
 #ifndef MOED_MODEL_KV_H
 #define MOED_MODEL_KV_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -25,11 +26,16 @@ struct kv_seq {
     int32_t n_layer;
     int32_t n_kv; /* values per position per layer: n_head_kv * head_dim */
     void *k, *v;
+    bool dev; /* k and v are GPU memory (kv_seq_init_dev): only the GPU forward pass reads them */
 };
 
 /* Allocate for n_ctx positions of model m; type KT_F32 or KT_F16. */
 int kv_seq_init(struct kv_seq *kv, const struct model *m, int32_t n_ctx, uint32_t type,
                 struct moed_err *e);
+/* The same in GPU memory of the current CUDA device (kernels/cuda/kc.h);
+ * kv_k, kv_v and kv_put are then not for the host. */
+int kv_seq_init_dev(struct kv_seq *kv, const struct model *m, int32_t n_ctx, uint32_t type,
+                    struct moed_err *e);
 void kv_seq_free(struct kv_seq *kv);
 /* Forget positions n.. (0 empties the sequence); n <= kv->n. */
 void kv_seq_truncate(struct kv_seq *kv, int32_t n);

@@ -170,6 +170,10 @@ TEST(model_load_errors)
 #include <sys/stat.h>
 
 #include "model/forward.h"
+#include "tests/unit/test_cuda.h"
+
+/* Set while cuda_model_fixtures runs the same comparisons on the GPU path. */
+static bool g_gpu;
 
 /* The fixtures' folder: tests/fixtures, or $MOED_FIXTURES. */
 static const char *fixtures_dir(void)
@@ -238,17 +242,20 @@ static void run_fixture(const struct model *mp, const char *path, const cJSON *s
     int S = cJSON_GetArraySize(seqs), V = m.hp.n_vocab, n_tok = 0;
     struct kv_seq *kv = calloc((size_t)S, sizeof *kv);
     struct kv_seq **kvp = calloc((size_t)S, sizeof *kvp);
-    for (int s = 0; s < S; s++) {
-        const cJSON *prompt = cJSON_GetObjectItem(cJSON_GetArrayItem(seqs, s), "prompt");
-        int P = cJSON_GetArraySize(prompt);
-        n_tok += P;
-        kv_seq_init(&kv[s], &m, P + N_GREEDY, KT_F32, &e);
-        kvp[s] = &kv[s];
-    }
+    for (int s = 0; s < S; s++)
+        n_tok += cJSON_GetArraySize(cJSON_GetObjectItem(cJSON_GetArrayItem(seqs, s), "prompt"));
     struct fwd *f = NULL;
-    if (fwd_init(&f, &m, &(struct fwd_opts){.max_batch = n_tok}, &e)) {
+    if (fwd_init(&f, &m, &(struct fwd_opts){.max_batch = n_tok, .gpu = g_gpu}, &e)) {
         test_fail(__FILE__, __LINE__, "%s", e.msg);
         goto out;
+    }
+    for (int s = 0; s < S; s++) {
+        const cJSON *prompt = cJSON_GetObjectItem(cJSON_GetArrayItem(seqs, s), "prompt");
+        if (fwd_kv_init(f, &kv[s], cJSON_GetArraySize(prompt) + N_GREEDY, KT_F32, &e)) {
+            test_fail(__FILE__, __LINE__, "%s", e.msg);
+            goto out;
+        }
+        kvp[s] = &kv[s];
     }
     int32_t *tok = malloc(sizeof(int32_t) * (size_t)n_tok),
             *pos = malloc(sizeof(int32_t) * (size_t)n_tok),
@@ -423,7 +430,7 @@ static void check_file(const char *dir, const char *file, bool dequant, const cJ
     free(buf);
 }
 
-TEST(model_fixtures_exact)
+static void fixtures_exact(void)
 {
     const char *fx = fixtures_dir();
     DIR *d = opendir(fx);
@@ -460,9 +467,9 @@ TEST(model_fixtures_exact)
         check_file(dir, "model-f32.gguf", false, seqs, false, &r32);
         check_file(dir, "model-q8_0.gguf", false, seqs, true, &r8);
         check_file(dir, "model-q8_0.gguf", true, seqs, true, &r8f);
-        printf("    %-9s F32:         max |err| %.2e prompt, %.2e decode (|logit| <= %.2f), "
+        printf("    %s%-9s F32:         max |err| %.2e prompt, %.2e decode (|logit| <= %.2f), "
                "greedy %d/%d\n",
-               names[k], r32.prompt_err, r32.decode_err, r32.range, r32.greedy_same,
+               g_gpu ? "GPU " : "", names[k], r32.prompt_err, r32.decode_err, r32.range, r32.greedy_same,
                r32.greedy_total);
         printf("    %-9s Q8_0 as F32: max |err| %.2e prompt, greedy %d/%d\n", names[k],
                r8f.prompt_err, r8f.greedy_same, r8f.greedy_total);
@@ -491,4 +498,21 @@ TEST(model_fixtures_exact)
                   names[k], r8.greedy_wide_diff, NEAR_TIE);
         cJSON_Delete(ref);
     }
+}
+
+TEST(model_fixtures_exact)
+{
+    fixtures_exact();
+}
+
+/* The same fixtures and bounds on the all-GPU forward pass (model/fwd_gpu.c):
+ * F32 runs f32 math throughout; Q8_0 uses f32 activations in decode and
+ * bf16 tensor cores for the 20-token prefill (instead of the CPU's Q8_0
+ * activations), within the same bounds against transformers. */
+TEST(cuda_model_fixtures)
+{
+    GPU_OR_SKIP();
+    g_gpu = true;
+    fixtures_exact();
+    g_gpu = false;
 }
