@@ -1,5 +1,5 @@
 /*
- * moed perplexity -m FILE -f TEXT [--ctx W] [--batch B] [--threads N] [--first-half]
+ * moed perplexity -m FILE -f TEXT [--ctx W] [--batch B] [--threads N] [--gpu N] [--first-half]
  *
  * Perplexity of a model over a text file, the way tools/train_default.py
  * computes the figure in model/default/heldout.json:
@@ -16,6 +16,9 @@
  *     perplexity does: the tokens at positions W/2+1 .. W-1;
  *   - nll = mean of -ln softmax(logits)[next token] (log-softmax in double,
  *     over the full vocabulary), ppl = exp(nll).
+ *
+ * The forward pass runs on the CPU, or with --gpu N all on one CUDA device
+ * (the KV caches too; the log-softmax scoring stays on the CPU threads).
  *
  * Windows are packed into steps of B tokens: a step holds the next B
  * positions of the window-major stream, so one step may finish one window
@@ -40,6 +43,7 @@
 #include "daemon/cmds.h"
 #include "kernels/cpu/isa.h"
 #include "kernels/cpu/types.h"
+#include "kernels/cuda/kcuda.h"
 #include "model/forward.h"
 #include "model/kv.h"
 #include "model/model.h"
@@ -49,9 +53,10 @@
 static const char usage[] =
     "usage: moed perplexity -m FILE -f TEXT [options]\n"
     "\n"
-    "Perplexity of a model over a text file (CPU).  The file is tokenized as one stream\n"
-    "(no BOS) and cut into non-overlapping windows of W tokens (the tail is dropped); each\n"
-    "window is evaluated alone from position 0 and scored on every token but its first.\n"
+    "Perplexity of a model over a text file, on the CPU or (--gpu) one CUDA device.  The file\n"
+    "is tokenized as one stream (no BOS) and cut into non-overlapping windows of W tokens (the\n"
+    "tail is dropped); each window is evaluated alone from position 0 and scored on every\n"
+    "token but its first.\n"
     "Prints `ppl = X (nll Y over N tokens, W-token windows)` on stdout; on stderr, progress,\n"
     "the speed and llama.cpp's second-half figure of the same run.\n"
     "\n"
@@ -63,6 +68,8 @@ static const char usage[] =
     "                       sequences per step (default: 4 windows, at most 2048 tokens\n"
     "                       and 256 MiB of logits)\n"
     "  -t, --threads N      CPU threads (default: online CPUs)\n"
+    "  --gpu N              run the forward pass on CUDA device N (default: the CPU)\n"
+    "  --no-graph           with --gpu: never replay steps as CUDA graphs\n"
     "  --first-half         llama.cpp's convention: score only the second half of each\n"
     "                       window (positions W/2+1 .. W-1)\n"
     "  --chunks N           use only the first N windows\n"
@@ -71,12 +78,14 @@ static const char usage[] =
 struct ppl_args {
     const char *model, *file;
     long ctx, batch, threads, chunks;
-    bool first_half;
+    long gpu; /* -1: the CPU */
+    bool first_half, no_graph;
 };
 
 /* 0, 2 (usage error printed), -1 after --help. */
 static int parse_args(int argc, char **argv, struct ppl_args *a)
 {
+    a->gpu = -1;
     for (int i = 1; i < argc; i++) {
         const char *f = argv[i];
         if (!strcmp(f, "-h") || !strcmp(f, "--help")) {
@@ -85,6 +94,10 @@ static int parse_args(int argc, char **argv, struct ppl_args *a)
         }
         if (!strcmp(f, "--first-half")) {
             a->first_half = true;
+            continue;
+        }
+        if (!strcmp(f, "--no-graph")) {
+            a->no_graph = true;
             continue;
         }
         if (i + 1 >= argc) {
@@ -103,6 +116,8 @@ static int parse_args(int argc, char **argv, struct ppl_args *a)
             rc = cli_parse_long("perplexity", f, v, 1, 1 << 16, &a->batch);
         else if (!strcmp(f, "-t") || !strcmp(f, "--threads"))
             rc = cli_parse_long("perplexity", f, v, 1, 4096, &a->threads);
+        else if (!strcmp(f, "--gpu"))
+            rc = cli_parse_long("perplexity", f, v, 0, 63, &a->gpu);
         else if (!strcmp(f, "--chunks"))
             rc = cli_parse_long("perplexity", f, v, 1, INT32_MAX, &a->chunks);
         else {
@@ -114,6 +129,10 @@ static int parse_args(int argc, char **argv, struct ppl_args *a)
     }
     if (!a->model || !a->file) {
         fprintf(stderr, "moed perplexity: -m FILE and -f TEXT are required (try --help)\n");
+        return 2;
+    }
+    if (a->no_graph && a->gpu < 0) {
+        fprintf(stderr, "moed perplexity: --no-graph needs --gpu N\n");
         return 2;
     }
     return 0;
@@ -281,23 +300,49 @@ int cmd_perplexity(int argc, char **argv)
         fprintf(stderr, "moed perplexity: out of memory for a batch of %ld tokens\n", B);
         goto out;
     }
-    if (sched_pool_init(&p.pool, &(struct sched_pool_opts){.nthreads = (int)a.threads}, &e) ||
-        fwd_init(&p.fwd, &p.m, &(struct fwd_opts){.max_batch = (int32_t)B, .pool = p.pool}, &e)) {
+    if (sched_pool_init(&p.pool, &(struct sched_pool_opts){.nthreads = (int)a.threads}, &e)) {
         fprintf(stderr, "moed perplexity: %s\n", e.msg);
         goto out;
     }
+    if (fwd_init(&p.fwd, &p.m,
+                 &(struct fwd_opts){.max_batch = (int32_t)B,
+                                    .pool = p.pool,
+                                    .gpu = a.gpu >= 0,
+                                    .gpu_device = (int)a.gpu,
+                                    .gpu_no_graph = a.no_graph},
+                 &e)) {
+        if (a.gpu >= 0)
+            fprintf(stderr, "moed perplexity: --gpu %ld: %s\n", a.gpu, e.msg);
+        else
+            fprintf(stderr, "moed perplexity: %s\n", e.msg);
+        goto out;
+    }
     for (int32_t i = 0; i < p.n_slots; i++)
-        if (kv_seq_init(&p.kv[i], &p.m, (int32_t)W, KT_F32, &e)) {
+        if (fwd_kv_init(p.fwd, &p.kv[i], (int32_t)W, KT_F32, &e)) {
             fprintf(stderr, "moed perplexity: %s\n", e.msg);
             goto out;
         }
 
+    char backend[400];
+    if (fwd_on_gpu(p.fwd)) {
+        struct kcuda_device dv;
+        if (kcuda_device_info((int)a.gpu, &dv, &e))
+            snprintf(backend, sizeof backend, "GPU %ld (%s)", a.gpu, e.msg);
+        else
+            snprintf(backend, sizeof backend,
+                     "GPU %ld: %s, sm_%d%d, %.1f GiB%s; scoring on %d thread%s", a.gpu, dv.name,
+                     dv.cc_major, dv.cc_minor, dv.mem_total / 1073741824.0,
+                     a.no_graph ? ", no CUDA graphs" : "", sched_pool_size(p.pool),
+                     sched_pool_size(p.pool) == 1 ? "" : "s");
+    } else {
+        snprintf(backend, sizeof backend, "%d thread%s, %s", sched_pool_size(p.pool),
+                 sched_pool_size(p.pool) == 1 ? "" : "s", kern_isa_describe());
+    }
     fprintf(stderr,
             "moed perplexity: %s: %s, %d layers, d %d, %d experts top %d, vocab %d, loaded in "
-            "%.0f ms; %d thread%s, %s\n",
+            "%.0f ms; %s\n",
             a.model, model_arch_name(hp->arch), hp->n_layer, hp->n_embd, hp->n_expert,
-            hp->n_expert_used, hp->n_vocab, (cli_now_s() - t_load) * 1e3, sched_pool_size(p.pool),
-            sched_pool_size(p.pool) == 1 ? "" : "s", kern_isa_describe());
+            hp->n_expert_used, hp->n_vocab, (cli_now_s() - t_load) * 1e3, backend);
     fprintf(stderr,
             "moed perplexity: %s: %zu tokens (one stream, no BOS); %ld windows of %ld tokens%s "
             "(%zu tail tokens unused); scoring %s: %" PRId64 " tokens; %ld tokens per step\n",

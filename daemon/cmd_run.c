@@ -1,11 +1,12 @@
 /*
  * moed run -m FILE -p PROMPT [-n N] [sampling flags] [--threads N] ...
  *
- * One-shot generation on the CPU: tokenize the prompt, prefill it in
- * batches, then decode one token per step, streaming the text to stdout as
- * it comes (the streaming detokenizer keeps UTF-8 characters whole), until
- * N tokens or an end-of-generation token.  On stderr: the model, then the
- * prefill and decode speeds.
+ * One-shot generation, on the CPU or (--gpu N) all on one CUDA device:
+ * tokenize the prompt, prefill it in batches, then decode one token per
+ * step, streaming the text to stdout as it comes (the streaming detokenizer
+ * keeps UTF-8 characters whole), until N tokens or an end-of-generation
+ * token.  On stderr: the model and the backend, then the prefill and decode
+ * speeds.
  *
  * Exit status: 0, 1 for a runtime error (one line on stderr), 2 for a
  * usage error.
@@ -21,6 +22,7 @@
 #include "daemon/cmds.h"
 #include "kernels/cpu/isa.h"
 #include "kernels/cpu/types.h"
+#include "kernels/cuda/kcuda.h"
 #include "model/forward.h"
 #include "model/model.h"
 #include "model/sample.h"
@@ -31,8 +33,8 @@
 static const char usage[] =
     "usage: moed run -m FILE -p PROMPT [-n N] [options]\n"
     "\n"
-    "Generate text from a prompt on the CPU; prints the text on stdout and the prefill and\n"
-    "decode speeds on stderr.\n"
+    "Generate text from a prompt on the CPU, or all on one CUDA device with --gpu; prints the\n"
+    "text on stdout and the backend, the prefill and the decode speeds on stderr.\n"
     "\n"
     "  -m, --model FILE          GGUF model\n"
     "  -p, --prompt TEXT         prompt\n"
@@ -45,6 +47,9 @@ static const char usage[] =
     "  --presence-penalty X      OpenAI presence penalty (default 0)\n"
     "  --frequency-penalty X     OpenAI frequency penalty (default 0)\n"
     "  --seed N                  random seed (default: from the clock; printed)\n"
+    "  --gpu N                   run on CUDA device N (weights, activations and KV cache on the\n"
+    "                            GPU; default: the CPU)\n"
+    "  --no-graph                with --gpu: never replay decode steps as CUDA graphs\n"
     "  --threads N               CPU threads (default: online CPUs)\n"
     "  --ctx N                   KV cache positions (default: prompt + N)\n"
     "  --batch N                 prompt tokens per prefill step (default 256)\n"
@@ -53,7 +58,8 @@ static const char usage[] =
     "  --echo                    print the prompt before the generated text\n"
     "  --profile                 print where the time of prefill and decode went\n"
     "  --routing-trace FILE      write every layer's routing (token, experts, weights) to FILE\n"
-    "                            (format: model/trace.h; summary: tools/trace_summary.py)\n"
+    "                            (format: model/trace.h; summary: tools/trace_summary.py);\n"
+    "                            CPU only\n"
     "  -h, --help                this text\n";
 
 static int parse_float(const char *flag, const char *s, float *out)
@@ -73,8 +79,9 @@ struct run_args {
     const char *model, *prompt;
     const char *trace_path; /* --routing-trace */
     long n_predict, threads, n_ctx, batch;
+    long gpu; /* --gpu: CUDA device, -1: the CPU */
     uint32_t kv_type;
-    bool special, echo, seed_given, profile;
+    bool special, echo, seed_given, profile, no_graph;
     struct sample_params sp;
 };
 
@@ -83,6 +90,7 @@ static int parse_args(int argc, char **argv, struct run_args *a)
 {
     a->n_predict = 64;
     a->batch = 256;
+    a->gpu = -1;
     a->kv_type = KT_F32;
     a->sp = sample_params_default();
     a->sp.temperature = 0.8f;
@@ -105,6 +113,10 @@ static int parse_args(int argc, char **argv, struct run_args *a)
         }
         if (!strcmp(f, "--profile")) {
             a->profile = true;
+            continue;
+        }
+        if (!strcmp(f, "--no-graph")) {
+            a->no_graph = true;
             continue;
         }
         if (i + 1 >= argc) {
@@ -148,6 +160,8 @@ static int parse_args(int argc, char **argv, struct run_args *a)
             a->seed_given = true;
         } else if (!strcmp(f, "--threads"))
             rc = cli_parse_long("run", f, v, 1, 4096, &a->threads);
+        else if (!strcmp(f, "--gpu"))
+            rc = cli_parse_long("run", f, v, 0, 63, &a->gpu);
         else if (!strcmp(f, "--ctx"))
             rc = cli_parse_long("run", f, v, 1, INT32_MAX, &a->n_ctx);
         else if (!strcmp(f, "--batch"))
@@ -172,6 +186,15 @@ static int parse_args(int argc, char **argv, struct run_args *a)
         fprintf(stderr, "moed run: -m FILE and -p PROMPT are required (try --help)\n");
         return 2;
     }
+    if (a->trace_path && a->gpu >= 0) {
+        fprintf(stderr, "moed run: --routing-trace records the CPU expert executor: it cannot be "
+                        "used with --gpu\n");
+        return 2;
+    }
+    if (a->no_graph && a->gpu < 0) {
+        fprintf(stderr, "moed run: --no-graph needs --gpu N\n");
+        return 2;
+    }
     struct moed_err e = {0};
     if (sample_params_check(&a->sp, &e)) {
         fprintf(stderr, "moed run: %s\n", e.msg);
@@ -180,6 +203,19 @@ static int parse_args(int argc, char **argv, struct run_args *a)
     if (!a->seed_given)
         a->sp.seed = (uint64_t)time(NULL) ^ ((uint64_t)clock() << 32);
     return 0;
+}
+
+/* "GPU N: NAME, sm_XY, N SMs, X GiB": which device --gpu runs on. */
+static void describe_gpu(int dev, bool no_graph, char *buf, size_t n)
+{
+    struct kcuda_device d;
+    struct moed_err e = {0};
+    if (kcuda_device_info(dev, &d, &e))
+        snprintf(buf, n, "GPU %d (%s)%s", dev, e.msg, no_graph ? ", no CUDA graphs" : "");
+    else
+        snprintf(buf, n, "GPU %d: %s, sm_%d%d, %d SMs, %.1f GiB%s", dev, d.name, d.cc_major,
+                 d.cc_minor, d.sm_count, d.mem_total / 1073741824.0,
+                 no_graph ? ", no CUDA graphs" : "");
 }
 
 /* Everything a run owns, freed by run_free whatever was set up. */
@@ -457,13 +493,25 @@ int cmd_run(int argc, char **argv)
     if (a.batch > (long)r.ids.n)
         a.batch = (long)r.ids.n;
     if (sched_pool_init(&r.pool, &(struct sched_pool_opts){.nthreads = (int)a.threads}, &e) ||
-        open_trace(&r, &a, argc, argv, &e) ||
-        fwd_init(&r.fwd, &r.m,
+        open_trace(&r, &a, argc, argv, &e)) {
+        fprintf(stderr, "moed run: %s\n", e.msg);
+        goto out;
+    }
+    if (fwd_init(&r.fwd, &r.m,
                  &(struct fwd_opts){.max_batch = (int32_t)a.batch,
                                     .pool = r.pool,
-                                    .exec = r.trace ? trace_exec(r.trace) : NULL},
-                 &e) ||
-        kv_seq_init(&r.kv, &r.m, (int32_t)n_ctx, a.kv_type, &e) ||
+                                    .exec = r.trace ? trace_exec(r.trace) : NULL,
+                                    .gpu = a.gpu >= 0,
+                                    .gpu_device = (int)a.gpu,
+                                    .gpu_no_graph = a.no_graph},
+                 &e)) {
+        if (a.gpu >= 0)
+            fprintf(stderr, "moed run: --gpu %ld: %s\n", a.gpu, e.msg);
+        else
+            fprintf(stderr, "moed run: %s\n", e.msg);
+        goto out;
+    }
+    if (fwd_kv_init(r.fwd, &r.kv, (int32_t)n_ctx, a.kv_type, &e) ||
         sampler_init(&r.smp, &a.sp, hp->n_vocab, &e)) {
         fprintf(stderr, "moed run: %s\n", e.msg);
         goto out;
@@ -479,12 +527,18 @@ int cmd_run(int argc, char **argv)
         fprintf(stderr, "moed run: out of memory\n");
         goto out;
     }
+    char backend[400];
+    if (fwd_on_gpu(r.fwd))
+        describe_gpu((int)a.gpu, a.no_graph, backend, sizeof backend);
+    else
+        snprintf(backend, sizeof backend, "%d thread%s, %s", sched_pool_size(r.pool),
+                 sched_pool_size(r.pool) == 1 ? "" : "s", kern_isa_describe());
     fprintf(stderr,
             "moed run: %s: %s, %d layers, d %d, %d experts top %d, %.2f GiB, loaded in %.0f ms; "
-            "%d thread%s, %s\n",
+            "%s\n",
             a.model, model_arch_name(hp->arch), hp->n_layer, hp->n_embd, hp->n_expert,
-            hp->n_expert_used, (double)model_weight_bytes(&r.m) / (1 << 30), (cli_now_s() - t0) * 1e3,
-            sched_pool_size(r.pool), sched_pool_size(r.pool) == 1 ? "" : "s", kern_isa_describe());
+            hp->n_expert_used, (double)model_weight_bytes(&r.m) / (1 << 30),
+            (cli_now_s() - t0) * 1e3, backend);
     if (a.sp.temperature > 0)
         fprintf(stderr, "moed run: seed %" PRIu64 "\n", a.sp.seed);
     if (a.echo) {

@@ -9,6 +9,7 @@ int cmd_info(int argc, char **argv);          /* moed info FILE */
 int cmd_tokenize(int argc, char **argv);      /* moed tokenize -m FILE < text */
 int cmd_run(int argc, char **argv);           /* moed run -m FILE -p PROMPT [-n N] [...] */
 int cmd_perplexity(int argc, char **argv);    /* moed perplexity -m FILE -f TEXT [...] */
+int cmd_bench(int argc, char **argv);         /* moed bench -m FILE [-p N,...] [-n N] [...] */
 int cmd_bench_kernels(int argc, char **argv); /* moed bench-kernels [...] */
 int cmd_version(int argc, char **argv);       /* moed version */
 int cmd_check_config(int argc, char **argv);  /* moed check-config [FILE] [flags] */

@@ -33,6 +33,8 @@
 #include <unistd.h>
 
 #include "kernels/cpu/types.h"
+#include "kernels/cuda/kc.h"
+#include "kernels/cuda/kcuda.h"
 #include "model/chat.h"
 #include "model/kv.h"
 #include "model/model.h"
@@ -84,6 +86,8 @@ struct engine {
     int32_t ctx_opt, max_seqs, prefill_chunk;
     uint64_t kv_budget;
     int threads_opt;
+    bool gpu_opt;
+    int gpu_dev_opt;
     void (*on_state)(void *ud, enum engine_state st);
     void (*logf)(void *ud, int level, const char *msg);
     void *ud;
@@ -102,6 +106,10 @@ struct engine {
     int threads;
     int64_t kv_total;
     uint64_t kv_bpp;
+    uint32_t kv_type; /* KT_F16 on the GPU, KT_F32 on the CPU */
+    bool on_gpu;
+    char gpu_name[256];
+    char gpu_fallback[MOED_ERR_MSG];
     double load_s;
     char err[MOED_ERR_MSG];
     atomic_int state;
@@ -254,7 +262,7 @@ static int seq_new(struct engine *eng, struct job *j, struct seq **out, struct m
     }
     memcpy(s->toks, j->prompt, (size_t)j->n_prompt * sizeof *s->toks);
     s->n_toks = j->n_prompt;
-    if ((rc = kv_seq_init(&s->kv, &eng->model, (int32_t)s->kv_pos, KT_F32, e)))
+    if ((rc = fwd_kv_init(eng->fwd, &s->kv, (int32_t)s->kv_pos, eng->kv_type, e)))
         goto fail;
     struct sample_params sp = j->sample;
     sp.logprobs = j->logprobs;
@@ -371,6 +379,102 @@ static void fmt_bytes(uint64_t b, char *buf, size_t n)
         snprintf(buf, n, "%.1f KiB", (double)b / 1024);
 }
 
+/* K and V of every layer at one position. */
+static uint64_t kv_bytes_per_position(const struct model_hparams *hp, uint32_t type)
+{
+    return 2ull * (uint64_t)hp->n_layer * (uint64_t)hp->n_head_kv * (uint64_t)hp->head_dim *
+           (type == KT_F16 ? 2u : sizeof(float));
+}
+
+/* kv_total from kv_budget (or max_seqs * ctx_size) and kv_bpp. */
+static int kv_pool_size(struct engine *eng, struct moed_err *e)
+{
+    if (eng->kv_budget) {
+        uint64_t pos = eng->kv_budget / eng->kv_bpp;
+        eng->kv_total = pos > INT64_MAX / 2 ? INT64_MAX / 2 : (int64_t)pos;
+        if (eng->kv_total < eng->ctx_size) {
+            char have[32], need[32];
+            fmt_bytes(eng->kv_budget, have, sizeof have);
+            fmt_bytes(eng->kv_bpp * (uint64_t)eng->ctx_size, need, sizeof need);
+            return moed_err_set(e, MOED_EINVAL,
+                                "kv_budget %s holds %" PRId64 " positions, fewer than one "
+                                "sequence of ctx_size %d (needs %s)",
+                                have, eng->kv_total, eng->ctx_size, need);
+        }
+    } else {
+        eng->kv_total = (int64_t)eng->max_seqs * eng->ctx_size;
+    }
+    return 0;
+}
+
+/* Device memory left free for the KV caches after the forward pass. */
+#define GPU_KV_MARGIN (512ull << 20)
+
+/*
+ * The GPU forward pass on gpu_dev_opt with F16 KV caches in device memory,
+ * the pool capped to the device's free memory.  0, or -1 with
+ * gpu_fallback saying why (nothing of the GPU kept); a kv_budget too small
+ * for one sequence is a configuration error that the CPU path reports.
+ */
+static int try_gpu(struct engine *eng)
+{
+    const struct model_hparams *hp = &eng->model.hp;
+    struct moed_err ge = {0};
+    eng->kv_type = KT_F16;
+    eng->kv_bpp = kv_bytes_per_position(hp, KT_F16);
+    if (kv_pool_size(eng, &ge)) {
+        snprintf(eng->gpu_fallback, sizeof eng->gpu_fallback, "%s", ge.msg);
+        return -1;
+    }
+    if (fwd_init(&eng->fwd, &eng->model,
+                 &(struct fwd_opts){.max_batch = eng->max_batch,
+                                    .pool = eng->pool,
+                                    .gpu = true,
+                                    .gpu_device = eng->gpu_dev_opt},
+                 &ge)) {
+        eng->fwd = NULL;
+        snprintf(eng->gpu_fallback, sizeof eng->gpu_fallback, "%s", ge.msg);
+        return -1;
+    }
+    size_t mfree = 0, mtotal = 0;
+    if (kc_mem_info(&mfree, &mtotal, &ge)) {
+        snprintf(eng->gpu_fallback, sizeof eng->gpu_fallback, "%s", ge.msg);
+        goto fail;
+    }
+    uint64_t avail = mfree > GPU_KV_MARGIN ? mfree - GPU_KV_MARGIN : 0;
+    int64_t fit = (int64_t)(avail / eng->kv_bpp);
+    if (fit < eng->ctx_size) {
+        char have[32], need[32];
+        fmt_bytes(mfree, have, sizeof have);
+        fmt_bytes(eng->kv_bpp * (uint64_t)eng->ctx_size, need, sizeof need);
+        snprintf(eng->gpu_fallback, sizeof eng->gpu_fallback,
+                 "the KV cache of one sequence of ctx_size %d (%s F16) does not fit in the %s "
+                 "left free after the weights",
+                 eng->ctx_size, need, have);
+        goto fail;
+    }
+    if (eng->kv_total > fit) {
+        char pool[32], have[32];
+        fmt_bytes(eng->kv_bpp * (uint64_t)eng->kv_total, pool, sizeof pool);
+        fmt_bytes(eng->kv_bpp * (uint64_t)fit, have, sizeof have);
+        elog(eng, 1,
+             "GPU %d: a KV pool of %" PRId64 " positions (%s F16) does not fit; capped to %" PRId64
+             " positions (%s)",
+             eng->gpu_dev_opt, eng->kv_total, pool, fit, have);
+        eng->kv_total = fit;
+    }
+    struct kcuda_device dv;
+    if (kcuda_device_info(eng->gpu_dev_opt, &dv, &ge))
+        snprintf(eng->gpu_name, sizeof eng->gpu_name, "CUDA device %d", eng->gpu_dev_opt);
+    else
+        snprintf(eng->gpu_name, sizeof eng->gpu_name, "%s", dv.name);
+    return 0;
+fail:
+    fwd_free(eng->fwd);
+    eng->fwd = NULL;
+    return -1;
+}
+
 static int engine_load(struct engine *eng, struct moed_err *e)
 {
     double t0 = engine_now();
@@ -393,33 +497,32 @@ static int engine_load(struct engine *eng, struct moed_err *e)
         elog(eng, 1, "ctx_size %d is longer than the %d tokens the model was trained for",
              eng->ctx_size, hp->n_ctx_train);
 
-    /* KV pool: F32 keys and values of every layer per position */
-    eng->kv_bpp = 2ull * (uint64_t)hp->n_layer * (uint64_t)hp->n_head_kv * (uint64_t)hp->head_dim *
-                  sizeof(float);
-    if (eng->kv_budget) {
-        uint64_t pos = eng->kv_budget / eng->kv_bpp;
-        eng->kv_total = pos > INT64_MAX / 2 ? INT64_MAX / 2 : (int64_t)pos;
-        if (eng->kv_total < eng->ctx_size) {
-            char have[32], need[32];
-            fmt_bytes(eng->kv_budget, have, sizeof have);
-            fmt_bytes(eng->kv_bpp * (uint64_t)eng->ctx_size, need, sizeof need);
-            return moed_err_set(e, MOED_EINVAL,
-                                "kv_budget %s holds %" PRId64 " positions, fewer than one "
-                                "sequence of ctx_size %d (needs %s)",
-                                have, eng->kv_total, eng->ctx_size, need);
-        }
-    } else {
-        eng->kv_total = (int64_t)eng->max_seqs * eng->ctx_size;
-    }
-
     eng->threads = eng->threads_opt > 0 ? eng->threads_opt : physical_cores();
     if ((rc = sched_pool_init(&eng->pool, &(struct sched_pool_opts){.nthreads = eng->threads}, e)))
         return moed_err_wrap(e, "thread pool of %d", eng->threads);
     eng->threads = sched_pool_size(eng->pool);
     eng->max_batch = eng->max_seqs + eng->prefill_chunk;
-    if ((rc = fwd_init(&eng->fwd, &eng->model,
-                       &(struct fwd_opts){.max_batch = eng->max_batch, .pool = eng->pool}, e)))
-        return rc;
+
+    /* the backend: the GPU when asked and it works, else the CPU */
+    if (eng->gpu_opt && try_gpu(eng) == 0) {
+        eng->on_gpu = true;
+    } else {
+        if (eng->gpu_opt)
+            elog(eng, 1, "GPU %d: %s; running on the CPU", eng->gpu_dev_opt, eng->gpu_fallback);
+        eng->kv_type = KT_F32;
+        eng->kv_bpp = kv_bytes_per_position(hp, KT_F32);
+        if ((rc = kv_pool_size(eng, e)))
+            return rc;
+        if ((rc = fwd_init(&eng->fwd, &eng->model,
+                           &(struct fwd_opts){.max_batch = eng->max_batch, .pool = eng->pool}, e)))
+            return rc;
+    }
+    if (eng->on_gpu)
+        elog(eng, 2, "backend: GPU %d (%s), KV caches F16 in device memory", eng->gpu_dev_opt,
+             eng->gpu_name);
+    else
+        elog(eng, 2, "backend: CPU, %d thread%s, KV caches F32%s", eng->threads,
+             eng->threads == 1 ? "" : "s", eng->gpu_opt ? " (GPU fallback)" : "");
     size_t mb = (size_t)eng->max_batch, ms = (size_t)eng->max_seqs;
     eng->run = calloc(ms, sizeof *eng->run);
     eng->kvs = calloc(ms, sizeof *eng->kvs);
@@ -655,6 +758,10 @@ static void *engine_main(void *arg)
     struct moed_err e = {0};
     if (engine_load(eng, &e)) {
         snprintf(eng->err, sizeof eng->err, "%s", e.msg);
+        if (eng->on_gpu) { /* on this thread, as at the end below */
+            fwd_free(eng->fwd);
+            eng->fwd = NULL;
+        }
         set_state(eng, ENGINE_FAILED);
         pthread_mutex_lock(&eng->mu);
         while (!eng->stop)
@@ -780,6 +887,11 @@ static void *engine_main(void *arg)
         q = j->next;
         job_end(eng, j, ENGINE_FIN_SHUTDOWN, NULL);
     }
+    /* the GPU's objects go on the thread whose CUDA device they were made on */
+    if (eng->on_gpu) {
+        fwd_free(eng->fwd);
+        eng->fwd = NULL;
+    }
     return NULL;
 }
 
@@ -791,11 +903,12 @@ int engine_start(struct engine **out, const struct engine_opts *o, struct moed_e
     if (!o->model_path || !*o->model_path)
         return moed_err_set(e, MOED_EINVAL, "engine: no model file");
     if (o->max_seqs < 1 || o->prefill_chunk < 1 || o->max_queued < 0 || o->ctx_size < 0 ||
-        o->threads < 0)
+        o->threads < 0 || (o->gpu && o->gpu_device < 0))
         return moed_err_set(e, MOED_EINVAL,
                             "engine: bad limits (max_seqs %d, prefill_chunk %d, max_queued %d, "
-                            "ctx_size %d, threads %d)",
-                            o->max_seqs, o->prefill_chunk, o->max_queued, o->ctx_size, o->threads);
+                            "ctx_size %d, threads %d, gpu_device %d)",
+                            o->max_seqs, o->prefill_chunk, o->max_queued, o->ctx_size, o->threads,
+                            o->gpu ? o->gpu_device : -1);
     struct engine *eng = calloc(1, sizeof *eng);
     if (!eng)
         return moed_err_set(e, MOED_ENOMEM, "engine: out of memory");
@@ -812,6 +925,8 @@ int engine_start(struct engine **out, const struct engine_opts *o, struct moed_e
     eng->prefill_chunk = o->prefill_chunk;
     eng->kv_budget = o->kv_budget;
     eng->threads_opt = o->threads;
+    eng->gpu_opt = o->gpu;
+    eng->gpu_dev_opt = o->gpu_device;
     eng->on_state = o->on_state;
     eng->logf = o->log;
     eng->ud = o->ud;
@@ -915,8 +1030,14 @@ void engine_info(const struct engine *eng, struct engine_info *out)
     memset(out, 0, sizeof *out);
     out->max_seqs = eng->max_seqs;
     out->prefill_chunk = eng->prefill_chunk;
+    out->gpu_device = -1;
     if (engine_state(eng) != ENGINE_READY)
         return;
+    out->gpu = eng->on_gpu;
+    out->gpu_device = eng->on_gpu ? eng->gpu_dev_opt : -1;
+    snprintf(out->gpu_name, sizeof out->gpu_name, "%s", eng->gpu_name);
+    snprintf(out->gpu_fallback, sizeof out->gpu_fallback, "%s", eng->gpu_fallback);
+    out->kv_f16 = eng->kv_type == KT_F16;
     out->ctx_size = eng->ctx_size;
     out->max_batch = eng->max_batch;
     out->threads = eng->threads;

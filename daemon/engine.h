@@ -29,6 +29,15 @@
  * positions and counted against the pool: kv_budget bytes, or max_seqs *
  * ctx_size positions when kv_budget is 0; it is freed when the sequence ends.
  *
+ * Backend.  With opts.gpu the engine first tries the all-GPU forward pass
+ * (model/fwd_gpu.h) on opts.gpu_device: weights, activations and the KV
+ * caches (F16) in device memory, the pool capped to what the device has
+ * free.  When that fails for any reason (a build without CUDA, no such
+ * device, the model or one sequence's KV cache does not fit, a weight type
+ * without a GPU kernel) it logs one warning saying why and runs on the CPU
+ * (KV caches F32 in host memory).  The choice is made once, at load:
+ * engine_info says which.
+ *
  * A request ends (sink->finish, its last callback) when it samples an
  * end-of-generation token or its text completes a stop string ("stop"),
  * when it has max_new tokens ("length"), when it is cancelled (the client
@@ -71,6 +80,8 @@ struct engine_opts {
     int32_t prefill_chunk;      /* prompt tokens per step at most (>= 1) */
     uint64_t kv_budget;         /* bytes for all KV caches; 0: max_seqs * ctx_size positions */
     int threads;                /* CPU threads; 0: one per physical core */
+    bool gpu;                   /* try the GPU forward pass on gpu_device (else the CPU) */
+    int gpu_device;             /* CUDA device index */
     const char *chat_template;  /* a built-in format's name, or NULL/"": the model's */
     int64_t request_timeout_ms; /* from arrival to the last token; 0: none */
     int64_t keepalive_ms;       /* engine_req.keepalive period; 0: never */
@@ -152,7 +163,12 @@ struct engine_info {
     int threads;
     int64_t kv_total_positions;
     uint64_t kv_bytes_per_position;
+    bool kv_f16; /* KV caches store F16 (else F32) */
     double load_seconds;
+    bool gpu;                        /* the forward pass runs on CUDA device gpu_device */
+    int gpu_device;                  /* -1 on the CPU */
+    char gpu_name[256];              /* the device's name ("" on the CPU) */
+    char gpu_fallback[MOED_ERR_MSG]; /* opts.gpu was set but the CPU runs: why ("" otherwise) */
 };
 void engine_info(const struct engine *eng, struct engine_info *out);
 

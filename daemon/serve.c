@@ -179,12 +179,23 @@ static void log_summary(struct serve *sv)
              hp->n_ctx_train, info.load_seconds);
     double kv_gib =
         (double)info.kv_total_positions * (double)info.kv_bytes_per_position / (1 << 30);
-    log_info("engine: %d CPU thread%s (%s), ctx_size %d, max_seqs %d, prefill_chunk %d, "
-             "max %d tokens per step, KV pool %" PRId64 " positions (%.2f GiB F32, %.1f KiB "
-             "each), max_queued %" PRId64 "; GPU: not used yet (CPU engine)",
-             info.threads, info.threads == 1 ? "" : "s", kern_isa_describe(), info.ctx_size,
-             info.max_seqs, info.prefill_chunk, info.max_batch, info.kv_total_positions, kv_gib,
-             (double)info.kv_bytes_per_position / 1024, sv->cfg.max_queued);
+    char backend[400];
+    if (info.gpu)
+        snprintf(backend, sizeof backend, "GPU %d (%s), everything on the device", info.gpu_device,
+                 info.gpu_name);
+    else if (info.gpu_fallback[0])
+        snprintf(backend, sizeof backend, "CPU (gpu_device %" PRId64 " unusable, see above)",
+                 sv->cfg.gpu_device);
+    else
+        snprintf(backend, sizeof backend, "CPU (gpu_device -1)");
+    log_info("engine: backend %s; %d CPU thread%s (%s), ctx_size %d, max_seqs %d, prefill_chunk "
+             "%d, max %d tokens per step, KV pool %" PRId64 " positions (%.2f GiB %s in %s "
+             "memory, %.1f KiB each), max_queued %" PRId64,
+             backend, info.threads, info.threads == 1 ? "" : "s", kern_isa_describe(),
+             info.ctx_size, info.max_seqs, info.prefill_chunk, info.max_batch,
+             info.kv_total_positions, kv_gib, info.kv_f16 ? "F16" : "F32",
+             info.gpu ? "GPU" : "host", (double)info.kv_bytes_per_position / 1024,
+             sv->cfg.max_queued);
     log_info("chat template: %s%s", chat_template_name(ct),
              sv->cfg.chat_template[0] ? " (chat_template option)" : "");
     if (*chat_template_warning(ct))
@@ -453,9 +464,39 @@ static void on_tick(uv_timer_t *t)
     }
 }
 
+/* A Prometheus label value: backslash, quote and newline escaped. */
+static void label_value(char *out, size_t n, const char *s)
+{
+    size_t k = 0;
+    for (; *s && k + 3 < n; s++) {
+        if (*s == '\\' || *s == '"') {
+            out[k++] = '\\';
+            out[k++] = *s;
+        } else if (*s == '\n') {
+            out[k++] = '\\';
+            out[k++] = 'n';
+        } else {
+            out[k++] = *s;
+        }
+    }
+    out[k] = 0;
+}
+
 static void metrics_extra(void *ud, struct api_buf *b)
 {
     struct serve *sv = ud;
+    if (engine_state(sv->eng) == ENGINE_READY) {
+        struct engine_info info;
+        engine_info(sv->eng, &info);
+        char name[300];
+        label_value(name, sizeof name, info.gpu ? info.gpu_name : "");
+        api_buf_printf(b,
+                       "# HELP moed_backend_info Where the forward pass runs (fixed at start; "
+                       "gpu_device needs a restart).\n"
+                       "# TYPE moed_backend_info gauge\n"
+                       "moed_backend_info{backend=\"%s\",device=\"%d\",name=\"%s\"} 1\n",
+                       info.gpu ? "gpu" : "cpu", info.gpu_device, name);
+    }
     api_buf_printf(b,
                    "# HELP moed_reloads_total SIGHUP reloads.\n"
                    "# TYPE moed_reloads_total counter\nmoed_reloads_total %" PRIu64 "\n",
@@ -600,6 +641,8 @@ int cmd_serve(int argc, char **argv)
         .prefill_chunk = (int32_t)c->prefill_chunk,
         .kv_budget = c->kv_budget,
         .threads = (int)c->threads,
+        .gpu = c->gpu_device >= 0,
+        .gpu_device = (int)c->gpu_device,
         .chat_template = c->chat_template,
         .request_timeout_ms = c->request_timeout,
         .keepalive_ms = c->sse_keepalive,
