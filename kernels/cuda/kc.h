@@ -95,6 +95,21 @@ bool kc_type_supported(uint32_t type);
 int kc_matmul(kc_stream s, const struct kc_mat *w, const float *x, int32_t n_tok, float *out,
               const float *bias, bool accumulate, struct moed_err *e);
 
+/*
+ * Up to KC_MULTI_MAX matrices over the same input in one launch (decode:
+ * Q, K and V), with the RMSNorm of x folded in:
+ *   out[i][t][r] = (bias[i] ? bias[i][r] : 0) + sum_k W_i[r][k] * x'[t][k]
+ *   x'[t] = norm_w ? rmsnorm(x[t]) * norm_w (eps) : x[t]
+ * for i < n_mat; every W_i has the same n.  Same numerics as kc_matmul's
+ * matvec path for n_tok <= 8; larger batches may run as an RMSNorm into
+ * norm_out (device, [n_tok][n], required when norm_w is set) followed by
+ * one kc_matmul per matrix.
+ */
+#define KC_MULTI_MAX 4
+int kc_matmul_multi(kc_stream s, int n_mat, const struct kc_mat *w, const float *x, int32_t n_tok,
+                    float *const *out, const float *const *bias, const float *norm_w, float eps,
+                    float *norm_out, struct moed_err *e);
+
 /* Row r of a weight matrix dequantized to f32 for each token id:
  * out[t][:] = dequant(table row tok[t]) (tok device, [n_tok]). */
 int kc_embed(kc_stream s, const struct kc_mat *table, const int32_t *tok, int32_t n_tok,
@@ -191,6 +206,12 @@ void kc_moe_groups_at(struct kc_moe_groups *g, void *ws, int32_t max_tok, int32_
 int kc_moe_group(kc_stream s, const int32_t *ids, int32_t n_tok, int32_t k, int32_t n_expert,
                  int32_t tile, const struct kc_moe_groups *g, struct moed_err *e);
 
+/* kc_moe_route then kc_moe_group, in one launch where the step is small
+ * (decode); same results as the two calls. */
+int kc_moe_route_group(kc_stream s, const float *logits, int32_t n_tok, int32_t n_expert,
+                       int32_t k, bool norm, int32_t *ids, float *wts, int32_t tile,
+                       const struct kc_moe_groups *g, struct moed_err *e);
+
 /*
  * One layer's routed experts on the device.  Expert e's three matrices are
  * at gate[e], up[e], down[e] (device arrays of n_expert device pointers), so
@@ -229,6 +250,27 @@ int kc_moe_down(kc_stream s, const struct kc_experts *ex, const float *act,
 int kc_moe_combine(kc_stream s, float *x, const float *y, const int32_t *pair_of,
                    const float *wts, int32_t n_tok, int32_t k, int32_t n_embd,
                    const float *sh_logit, const float *sh_y, struct moed_err *e);
+
+/* ---- host sources and slot events (kernels/cuda/kc_reg.cu) ---------------- */
+
+/*
+ * Page-lock host memory for full-speed copies: registers the page-aligned
+ * span covering [p, p + n) (cudaHostRegister), read_only with
+ * cudaHostRegisterReadOnly, which a read-only mapping (the mmap'd GGUF)
+ * needs.  Failure (device without support, memory that cannot be locked,
+ * a span overlapping one already registered) returns MOED_EUNSUPPORTED,
+ * MOED_ENOMEM or MOED_EIO with the CUDA error named, and leaves the CUDA
+ * error state cleared.  Registration pins every page: it faults the whole
+ * span in first.  kc_host_unregister takes the same p (NULL is fine).
+ */
+int kc_host_register(void *p, size_t n, bool read_only, struct moed_err *e);
+void kc_host_unregister(void *p);
+/* An event without timing (cheaper; for joins and kc_event_sync/query). */
+int kc_event_new_sync(kc_event *ev, struct moed_err *e);
+/* The host waits for the event's work (an event never recorded: at once). */
+int kc_event_sync(kc_event ev, struct moed_err *e);
+/* *done: the event's work has finished (never recorded: true). */
+int kc_event_query(kc_event ev, bool *done, struct moed_err *e);
 
 #ifdef __cplusplus
 }

@@ -43,6 +43,14 @@ int kc_event_ms(kc_event a, kc_event b, float *ms, struct moed_err *e) NOCUDA(U(
 int kc_matmul(kc_stream s, const struct kc_mat *w, const float *x, int32_t n_tok, float *out,
               const float *bias, bool acc, struct moed_err *e)
     NOCUDA(U(s), U(w), U(x), U(n_tok), U(out), U(bias), U(acc))
+int kc_matmul_multi(kc_stream s, int n_mat, const struct kc_mat *w, const float *x, int32_t n_tok,
+                    float *const *out, const float *const *bias, const float *nw, float eps,
+                    float *no, struct moed_err *e)
+    NOCUDA(U(s), U(n_mat), U(w), U(x), U(n_tok), U(out), U(bias), U(nw), U(eps), U(no))
+int kc_moe_route_group(kc_stream s, const float *l, int32_t n_tok, int32_t n_expert, int32_t k,
+                       bool norm, int32_t *ids, float *wts, int32_t tile,
+                       const struct kc_moe_groups *g, struct moed_err *e)
+    NOCUDA(U(s), U(l), U(n_tok), U(n_expert), U(k), U(norm), U(ids), U(wts), U(tile), U(g))
 int kc_embed(kc_stream s, const struct kc_mat *t, const int32_t *tok, int32_t n, float *out,
              struct moed_err *e) NOCUDA(U(s), U(t), U(tok), U(n), U(out))
 int kc_rmsnorm(kc_stream s, const float *x, const int32_t *rows, int32_t n_tok, int32_t n,
@@ -75,6 +83,11 @@ int kc_moe_combine(kc_stream s, float *x, const float *y, const int32_t *pair_of
                    int32_t n_tok, int32_t k, int32_t n_embd, const float *shl, const float *shy,
                    struct moed_err *e)
     NOCUDA(U(s), U(x), U(y), U(pair_of), U(wts), U(n_tok), U(k), U(n_embd), U(shl), U(shy))
+int kc_host_register(void *p, size_t n, bool ro, struct moed_err *e) NOCUDA(U(p), U(n), U(ro))
+void kc_host_unregister(void *p) { (void)p; }
+int kc_event_new_sync(kc_event *ev, struct moed_err *e) NOCUDA(*ev = 0)
+int kc_event_sync(kc_event ev, struct moed_err *e) NOCUDA(U(ev))
+int kc_event_query(kc_event ev, bool *done, struct moed_err *e) NOCUDA(U(ev), *done = false)
 #else
 typedef int moed_nocuda_unused; /* ISO C wants a non-empty unit */
 #endif
