@@ -18,6 +18,7 @@
 #include <cuda_runtime.h>
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <atomic>
@@ -41,6 +42,60 @@ static int launched(struct moed_err *e, const char *what)
         return 0;
     return moed_err_set(e, MOED_EIO, "CUDA %s launch: %s (%s)", what, cudaGetErrorString(rc),
                         cudaGetErrorName(rc));
+}
+
+// As launched(), for a launch that returned lr.
+static int launched_rc(cudaError_t lr, struct moed_err *e, const char *what)
+{
+    if (lr == cudaSuccess)
+        return launched(e, what);
+    (void)cudaGetLastError();
+    return moed_err_set(e, MOED_EIO, "CUDA %s launch: %s (%s)", what, cudaGetErrorString(lr),
+                        cudaGetErrorName(lr));
+}
+
+// Programmatic dependent launch (sm_90): the decode kernels are launched
+// with cudaLaunchAttributeProgrammaticStreamSerialization, so their CTAs
+// may be scheduled while the previous kernel of the stream drains; each
+// kernel waits for it (griddepcontrol.wait: the previous grids complete and
+// their writes visible) before touching global memory, in every CTA.  A
+// kernel launched without the attribute waits for nothing there.  MOED_KC_PDL=0
+// in the environment launches them the ordinary way.
+static bool pdl_on(void)
+{
+    static std::atomic<int> v(-1);
+    int x = v.load();
+    if (x < 0) {
+        const char *s = getenv("MOED_KC_PDL");
+        x = s && s[0] == '0' ? 0 : 1;
+        v.store(x);
+    }
+    return x == 1;
+}
+
+template <typename... KA, typename... A>
+static cudaError_t launch_k(void (*k)(KA...), dim3 grid, dim3 block, size_t smem, kc_stream s,
+                            A... args)
+{
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = grid;
+    cfg.blockDim = block;
+    cfg.dynamicSmemBytes = smem;
+    cfg.stream = S(s);
+    cudaLaunchAttribute at[1];
+    at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    at[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = at;
+    cfg.numAttrs = pdl_on() ? 1 : 0;
+    return cudaLaunchKernelEx(&cfg, k, ((KA)args)...);
+}
+
+// Waits for the previous kernel of the stream (see launch_k) and lets the
+// next one, if launched so, be scheduled.
+__device__ static inline void pdl_wait()
+{
+    asm volatile("griddepcontrol.wait;\n" ::: "memory");
+    asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
 }
 
 // Lets kernel fn use `bytes` of dynamic shared memory (above the default 48 KiB),
@@ -111,6 +166,7 @@ __global__ static void qk_rope_store_k(const struct rope_params P, float *q, con
     __shared__ float s_cos[KC_MAX_HD / 2], s_sin[KC_MAX_HD / 2];
     __shared__ double s_red[2][32];
     __shared__ float s_r[2];
+    pdl_wait();
     const int hd = P.hd, half = P.n_rot / 2;
     const int nw = blockDim.x / 32, w = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int t = blockIdx.x;
@@ -276,9 +332,9 @@ extern "C" int kc_qk_rope_store(kc_stream s, const struct kc_attn_shape *sh, flo
     int nw = n_all < cap ? n_all : cap;
     int nb = sh->qk_norm == KC_QK_FULL ? 1 : (n_all + nw - 1) / nw;
     size_t smem = (size_t)nw * (size_t)sh->head_dim * sizeof(float);
-    qk_rope_store_k<<<dim3((unsigned)n_tok, (unsigned)nb), nw * 32, smem, S(s)>>>(P, q, k, v, q_norm,
-                                                                             k_norm, tok);
-    return launched(e, "qk_rope_store");
+    cudaError_t lr = launch_k(qk_rope_store_k, dim3((unsigned)n_tok, (unsigned)nb),
+                              dim3((unsigned)(nw * 32)), smem, s, P, q, k, v, q_norm, k_norm, tok);
+    return launched_rc(lr, e, "qk_rope_store");
 }
 
 // ---- attention: common pieces --------------------------------------------------
@@ -436,6 +492,7 @@ __global__ static void __launch_bounds__(SPLIT_THREADS, 1)
     float *qs = (float *)(smem + L.q), *sps = (float *)(smem + L.sp), *ps = (float *)(smem + L.p);
     float *ms = (float *)(smem + L.m), *ls = (float *)(smem + L.l), *rs = (float *)(smem + L.r);
 
+    pdl_wait();
     const struct kc_tok tk = tok[t];
     const int32_t n_pos = token_limit(tk);
     const int32_t chunk = split_chunk(n_pos, n_split);
@@ -692,6 +749,7 @@ __global__ static void attn_merge_k(const float *ws, const struct kc_tok *tok, i
 {
     extern __shared__ float mw[]; // [n_split + 4] maxima, then weights; [n_split + 4] sums
     __shared__ float s_m, s_inv;
+    pdl_wait();
     const int h = blockIdx.x, t = blockIdx.y, tid = threadIdx.x;
     const int32_t n_pos = token_limit(tok[t]);
     if (n_pos <= split_chunk(n_pos, n_split)) // written by split 0 (attn_split_k)
@@ -1110,15 +1168,17 @@ static int run_split_g(kc_stream s, const struct kc_attn_shape *sh, const float 
     if (rc)
         return rc;
     dim3 grid((unsigned)n_tok, (unsigned)sh->n_head_kv, (unsigned)n_split);
-    attn_split_k<KV, MAXG, EXACT><<<grid, SPLIT_THREADS, L.total, S(s)>>>(
-        q, tok, sh->n_head, sh->n_head_kv, hd, sh->layer, n_split, ns, scale, ws, out);
-    if ((rc = launched(e, "attention")))
+    cudaError_t lr = launch_k(attn_split_k<KV, MAXG, EXACT>, grid, dim3(SPLIT_THREADS),
+                              (size_t)L.total, s, q, tok, sh->n_head, sh->n_head_kv, hd, sh->layer,
+                              n_split, ns, scale, ws, out);
+    if ((rc = launched_rc(lr, e, "attention")))
         return rc;
     if (n_split > 1) {
-        attn_merge_k<<<dim3((unsigned)sh->n_head, (unsigned)n_tok), 128,
-                       2 * ((size_t)n_split + 4) * sizeof(float), S(s)>>>(ws, tok, sh->n_head,
-                                                                        hd, n_split, out);
-        if ((rc = launched(e, "attention merge")))
+        // (returns at once for tokens split 0 wrote alone)
+        lr = launch_k(attn_merge_k, dim3((unsigned)sh->n_head, (unsigned)n_tok), dim3(128),
+                      2 * ((size_t)n_split + 4) * sizeof(float), s, (const float *)ws, tok,
+                      sh->n_head, hd, (int)n_split, out);
+        if ((rc = launched_rc(lr, e, "attention merge")))
             return rc;
     }
     return 0;

@@ -11,6 +11,9 @@
 #include <limits.h>
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
+
+#include <atomic>
 
 #define S(s) ((cudaStream_t)(s))
 
@@ -30,6 +33,53 @@ static int launched(struct moed_err *e, const char *what)
                         cudaGetErrorName(rc));
 }
 
+// As launched(), for a launch that returned lr.
+static int launched_rc(cudaError_t lr, struct moed_err *e, const char *what)
+{
+    if (lr == cudaSuccess)
+        return launched(e, what);
+    (void)cudaGetLastError();
+    return moed_err_set(e, MOED_EIO, "CUDA %s launch: %s (%s)", what, cudaGetErrorString(lr),
+                        cudaGetErrorName(lr));
+}
+
+// Programmatic dependent launch, as kc_attn.cu: launch_k sets the attribute
+// (unless MOED_KC_PDL=0), every CTA of the kernel starts with pdl_wait().
+static bool pdl_on(void)
+{
+    static std::atomic<int> v(-1);
+    int x = v.load();
+    if (x < 0) {
+        const char *s = getenv("MOED_KC_PDL");
+        x = s && s[0] == '0' ? 0 : 1;
+        v.store(x);
+    }
+    return x == 1;
+}
+
+template <typename... KA, typename... A>
+static cudaError_t launch_k(void (*k)(KA...), dim3 grid, dim3 block, size_t smem, kc_stream s,
+                            A... args)
+{
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = grid;
+    cfg.blockDim = block;
+    cfg.dynamicSmemBytes = smem;
+    cfg.stream = S(s);
+    cudaLaunchAttribute at[1];
+    at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    at[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = at;
+    cfg.numAttrs = pdl_on() ? 1 : 0;
+    return cudaLaunchKernelEx(&cfg, k, ((KA)args)...);
+}
+
+__device__ static inline void pdl_wait()
+{
+    asm volatile("griddepcontrol.wait;\n" ::: "memory");
+    asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+}
+
 // ---- routing ----------------------------------------------------------------------
 
 // Unsigned keys ordered as the floats (NaN aside): larger float, larger key.
@@ -39,23 +89,17 @@ __device__ static inline unsigned ordered(float f)
     return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
 
-// One warp per token.  The token's n_expert logits are staged in shared
-// memory, turned into probabilities as ops_softmax does (max, exp(x - max),
-// the sum in double, times (float)(1 / sum)), then k rounds of a warp
-// arg-max (largest value, ties: lower id; __reduce_max/min_sync) pick the
-// top k as ops_topk does; a picked expert is marked NaN, which no later
-// round takes.  Lane j keeps the j-th pick.
-__global__ static void __launch_bounds__(ROUTE_WARPS * 32)
-    route_k(const float *logits, int n_tok, int n_expert, int k, int norm, int32_t *ids, float *wts)
+// The routing of one token by one warp.  The token's n_expert logits x are
+// staged in p (n_expert floats of shared memory), turned into probabilities
+// as ops_softmax does (max, exp(x - max), the sum in double, times
+// (float)(1 / sum)), then k rounds of a warp arg-max (largest value, ties:
+// lower id; __reduce_max/min_sync) pick the top k as ops_topk does; a picked
+// expert is marked NaN, which no later round takes.  Lane j < k gets the
+// j-th pick (its id and weight); the other lanes get id 0, weight 0.
+__device__ static void route_warp(const float *x, int n_expert, int k, int norm, float *p,
+                                  int *id_out, float *v_out)
 {
-    extern __shared__ float route_p[]; // [ROUTE_WARPS][n_expert]
-    const int w = threadIdx.x / 32, lane = threadIdx.x % 32;
-    const int t = blockIdx.x * ROUTE_WARPS + w;
-    if (t >= n_tok) // whole warps leave; no block barrier below
-        return;
-    float *p = route_p + (size_t)w * n_expert;
-    const float *x = logits + (size_t)t * n_expert;
-
+    const int lane = threadIdx.x % 32;
     float mx = -INFINITY;
     for (int e = lane; e < n_expert; e += 32) {
         const float v = x[e];
@@ -116,9 +160,29 @@ __global__ static void __launch_bounds__(ROUTE_WARPS * 32)
             s = __fadd_rn(s, __shfl_sync(0xffffffffu, my_v, j));
         my_v = __fdiv_rn(my_v, s);
     }
+    __syncwarp(); // p may be reused by the warp
+    *id_out = my_id;
+    *v_out = my_v;
+}
+
+// One warp per token (route_warp), its logits staged in the warp's slice of
+// shared memory.
+__global__ static void __launch_bounds__(ROUTE_WARPS * 32)
+    route_k(const float *logits, int n_tok, int n_expert, int k, int norm, int32_t *ids, float *wts)
+{
+    extern __shared__ float route_p[]; // [ROUTE_WARPS][n_expert]
+    pdl_wait();
+    const int w = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int t = blockIdx.x * ROUTE_WARPS + w;
+    if (t >= n_tok) // whole warps leave; no block barrier below
+        return;
+    int id;
+    float v;
+    route_warp(logits + (size_t)t * n_expert, n_expert, k, norm, route_p + (size_t)w * n_expert,
+               &id, &v);
     if (lane < k) {
-        ids[(size_t)t * k + lane] = my_id;
-        wts[(size_t)t * k + lane] = my_v;
+        ids[(size_t)t * k + lane] = id;
+        wts[(size_t)t * k + lane] = v;
     }
 }
 
@@ -137,9 +201,9 @@ extern "C" int kc_moe_route(kc_stream s, const float *logits, int32_t n_tok, int
         return 0;
     unsigned blocks = (unsigned)((n_tok + ROUTE_WARPS - 1) / ROUTE_WARPS);
     size_t smem = (size_t)ROUTE_WARPS * (size_t)n_expert * sizeof(float);
-    route_k<<<blocks, ROUTE_WARPS * 32, smem, S(s)>>>(logits, n_tok, n_expert, k, norm ? 1 : 0,
-                                                     ids, wts);
-    return launched(e, "moe route");
+    cudaError_t lr = launch_k(route_k, dim3(blocks), dim3(ROUTE_WARPS * 32), smem, s, logits,
+                              n_tok, n_expert, k, norm ? 1 : 0, ids, wts);
+    return launched_rc(lr, e, "moe route");
 }
 
 // ---- grouping ---------------------------------------------------------------------
@@ -189,15 +253,21 @@ __device__ static int block_scan(int *a, int n, int *s_warp)
 // each warp walks its segment in order, 32 pairs at a time, placing pairs
 // of equal expert by their lane order (__match_any_sync).  Pairs thus keep
 // their order q within an expert: by token, then slot.
-__global__ static void __launch_bounds__(GROUP_THREADS)
-    group_k(const int32_t *ids, int n_pairs, int k, int n_expert, int tile, int32_t *pair_tok,
-            int32_t *pair_of, int32_t *tiles, int32_t *n_tiles)
+// (ids may be in shared memory: kc_moe_route_group.)
+struct group_smem {
+    int wh[GROUP_WARPS][MOE_MAX_EXPERT]; // per warp: count, then next place
+    int cnt[MOE_MAX_EXPERT];             // pairs per expert
+    int off[MOE_MAX_EXPERT];             // first pair of each expert
+    int toff[MOE_MAX_EXPERT];            // first tile of each expert
+    int warp[GROUP_WARPS];
+};
+
+__device__ static void group_block(const int32_t *ids, int n_pairs, int k, int n_expert, int tile,
+                                   int32_t *pair_tok, int32_t *pair_of, int32_t *tiles,
+                                   int32_t *n_tiles, struct group_smem &sm)
 {
-    __shared__ int wh[GROUP_WARPS][MOE_MAX_EXPERT]; // per warp: count, then next place
-    __shared__ int s_cnt[MOE_MAX_EXPERT];           // pairs per expert
-    __shared__ int s_off[MOE_MAX_EXPERT];           // first pair of each expert
-    __shared__ int s_toff[MOE_MAX_EXPERT];          // first tile of each expert
-    __shared__ int s_warp[GROUP_WARPS];
+    int(*wh)[MOE_MAX_EXPERT] = sm.wh;
+    int *s_cnt = sm.cnt, *s_off = sm.off, *s_toff = sm.toff, *s_warp = sm.warp;
     const int tid = threadIdx.x, lane = tid % 32, w = tid / 32;
 
     for (int i = tid; i < GROUP_WARPS * n_expert; i += GROUP_THREADS)
@@ -273,6 +343,47 @@ __global__ static void __launch_bounds__(GROUP_THREADS)
     }
 }
 
+__global__ static void __launch_bounds__(GROUP_THREADS)
+    group_k(const int32_t *ids, int n_pairs, int k, int n_expert, int tile, int32_t *pair_tok,
+            int32_t *pair_of, int32_t *tiles, int32_t *n_tiles)
+{
+    __shared__ struct group_smem sm;
+    pdl_wait();
+    group_block(ids, n_pairs, k, n_expert, tile, pair_tok, pair_of, tiles, n_tiles, sm);
+}
+
+// Routing and grouping of a small step in one block: warp w routes tokens
+// w, w + GROUP_WARPS, ... (route_warp, its logits staged in the grouping's
+// per-warp counts, not yet in use), writing ids and wts and a copy of the
+// ids in shared memory, which group_block then sorts.  n_tok * k <= RG_MAX_PAIRS.
+#define RG_MAX_PAIRS 512
+static_assert(GROUP_WARPS * MOE_MAX_EXPERT * sizeof(int) >= GROUP_WARPS * MOE_MAX_EXPERT * sizeof(float),
+              "route buffers fit in the counts");
+
+__global__ static void __launch_bounds__(GROUP_THREADS)
+    route_group_k(const float *logits, int n_tok, int n_expert, int k, int norm, int32_t *ids,
+                  float *wts, int tile, int32_t *pair_tok, int32_t *pair_of, int32_t *tiles,
+                  int32_t *n_tiles)
+{
+    __shared__ struct group_smem sm;
+    __shared__ int32_t s_ids[RG_MAX_PAIRS];
+    pdl_wait();
+    const int w = threadIdx.x / 32, lane = threadIdx.x % 32;
+    float *p = (float *)&sm.wh[w][0]; // n_expert <= MOE_MAX_EXPERT floats
+    for (int t = w; t < n_tok; t += GROUP_WARPS) {
+        int id;
+        float v;
+        route_warp(logits + (size_t)t * n_expert, n_expert, k, norm, p, &id, &v);
+        if (lane < k) {
+            ids[(size_t)t * k + lane] = id;
+            wts[(size_t)t * k + lane] = v;
+            s_ids[t * k + lane] = id;
+        }
+    }
+    __syncthreads(); // s_ids complete; the route buffers are free
+    group_block(s_ids, n_tok * k, k, n_expert, tile, pair_tok, pair_of, tiles, n_tiles, sm);
+}
+
 extern "C" int kc_moe_group(kc_stream s, const int32_t *ids, int32_t n_tok, int32_t k,
                             int32_t n_expert, int32_t tile, const struct kc_moe_groups *g,
                             struct moed_err *e)
@@ -287,9 +398,25 @@ extern "C" int kc_moe_group(kc_stream s, const int32_t *ids, int32_t n_tok, int3
         return moed_err_set(e, MOED_EINVAL, "kc_moe_group: tile %d", tile);
     if (n_tok < 0 || (int64_t)n_tok * k > INT_MAX / 2)
         return moed_err_set(e, MOED_EINVAL, "kc_moe_group: %d tokens", n_tok);
-    group_k<<<1, GROUP_THREADS, 0, S(s)>>>(ids, n_tok * k, k, n_expert, tile, g->pair_tok,
-                                           g->pair_of, g->tiles, g->n_tiles);
-    return launched(e, "moe group");
+    cudaError_t lr = launch_k(group_k, dim3(1), dim3(GROUP_THREADS), 0, s, ids, n_tok * k, k,
+                              n_expert, tile, g->pair_tok, g->pair_of, g->tiles, g->n_tiles);
+    return launched_rc(lr, e, "moe group");
+}
+
+extern "C" int kc_moe_route_group(kc_stream s, const float *logits, int32_t n_tok,
+                                  int32_t n_expert, int32_t k, bool norm, int32_t *ids, float *wts,
+                                  int32_t tile, const struct kc_moe_groups *g, struct moed_err *e)
+{
+    if (n_tok < 0 || (int64_t)n_tok * k > RG_MAX_PAIRS || tile < 1 || n_expert < 1 ||
+        n_expert > MOE_MAX_EXPERT || k < 1 || k > MOE_MAX_K || k > n_expert) {
+        // large steps, and every refusal (with its message): the two kernels
+        int rc = kc_moe_route(s, logits, n_tok, n_expert, k, norm, ids, wts, e);
+        return rc ? rc : kc_moe_group(s, ids, n_tok, k, n_expert, tile, g, e);
+    }
+    cudaError_t lr = launch_k(route_group_k, dim3(1), dim3(GROUP_THREADS), 0, s, logits, n_tok,
+                              n_expert, k, norm ? 1 : 0, ids, wts, tile, g->pair_tok, g->pair_of,
+                              g->tiles, g->n_tiles);
+    return launched_rc(lr, e, "moe route+group");
 }
 
 // ---- combine ----------------------------------------------------------------------
@@ -304,6 +431,7 @@ __global__ static void combine_k(float *x, const float *y, const int32_t *pair_o
     __shared__ int s_row[MOE_MAX_K];
     __shared__ float s_w[MOE_MAX_K];
     __shared__ float s_gate;
+    pdl_wait();
     const int t = blockIdx.x;
     if (threadIdx.x < k) {
         s_row[threadIdx.x] = pair_of[(size_t)t * k + threadIdx.x];
@@ -344,6 +472,7 @@ extern "C" int kc_moe_combine(kc_stream s, float *x, const float *y, const int32
     if (n_tok == 0)
         return 0;
     dim3 grid((unsigned)n_tok, (unsigned)((n_embd + 255) / 256));
-    combine_k<<<grid, 256, 0, S(s)>>>(x, y, pair_of, wts, k, n_embd, sh_logit, sh_y);
-    return launched(e, "moe combine");
+    cudaError_t lr = launch_k(combine_k, grid, dim3(256), 0, s, x, y, pair_of, wts, (int)k,
+                              (int)n_embd, sh_logit, sh_y);
+    return launched_rc(lr, e, "moe combine");
 }

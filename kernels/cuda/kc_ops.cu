@@ -7,6 +7,9 @@
 
 #include <cuda_runtime.h>
 #include <stdint.h>
+#include <stdlib.h>
+
+#include <atomic>
 
 #define S(s) ((cudaStream_t)(s))
 
@@ -17,6 +20,53 @@ static int launched(struct moed_err *e, const char *what)
         return 0;
     return moed_err_set(e, MOED_EIO, "CUDA %s launch: %s (%s)", what, cudaGetErrorString(rc),
                         cudaGetErrorName(rc));
+}
+
+// As launched(), for a launch that returned lr.
+static int launched_rc(cudaError_t lr, struct moed_err *e, const char *what)
+{
+    if (lr == cudaSuccess)
+        return launched(e, what);
+    (void)cudaGetLastError();
+    return moed_err_set(e, MOED_EIO, "CUDA %s launch: %s (%s)", what, cudaGetErrorString(lr),
+                        cudaGetErrorName(lr));
+}
+
+// Programmatic dependent launch, as kc_attn.cu: launch_k sets the attribute
+// (unless MOED_KC_PDL=0), every CTA of the kernel starts with pdl_wait().
+static bool pdl_on(void)
+{
+    static std::atomic<int> v(-1);
+    int x = v.load();
+    if (x < 0) {
+        const char *s = getenv("MOED_KC_PDL");
+        x = s && s[0] == '0' ? 0 : 1;
+        v.store(x);
+    }
+    return x == 1;
+}
+
+template <typename... KA, typename... A>
+static cudaError_t launch_k(void (*k)(KA...), dim3 grid, dim3 block, size_t smem, kc_stream s,
+                            A... args)
+{
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = grid;
+    cfg.blockDim = block;
+    cfg.dynamicSmemBytes = smem;
+    cfg.stream = S(s);
+    cudaLaunchAttribute at[1];
+    at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    at[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = at;
+    cfg.numAttrs = pdl_on() ? 1 : 0;
+    return cudaLaunchKernelEx(&cfg, k, ((KA)args)...);
+}
+
+__device__ static inline void pdl_wait()
+{
+    asm volatile("griddepcontrol.wait;\n" ::: "memory");
+    asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
 }
 
 // Sum of v over the block (NT threads, a multiple of 32); every thread gets it.
@@ -41,6 +91,7 @@ template <int NT>
 __global__ static void __launch_bounds__(NT)
     rmsnorm_k(const float *x, const int32_t *rows, int32_t n, const float *w, float eps, float *out)
 {
+    pdl_wait();
     const int32_t i = blockIdx.x;
     const int64_t r = rows ? (int64_t)rows[i] : (int64_t)i;
     const float *xr = x + (size_t)r * (size_t)n;
@@ -65,15 +116,17 @@ extern "C" int kc_rmsnorm(kc_stream s, const float *x, const int32_t *rows, int3
         return moed_err_set(e, MOED_EINVAL, "kc_rmsnorm: %d rows of width %d", n_tok, n);
     if (n_tok == 0)
         return 0;
-    if (n > 4096)
-        rmsnorm_k<1024><<<n_tok, 1024, 0, S(s)>>>(x, rows, n, w, eps, out);
-    else
-        rmsnorm_k<256><<<n_tok, 256, 0, S(s)>>>(x, rows, n, w, eps, out);
-    return launched(e, "rmsnorm");
+    cudaError_t lr =
+        n > 4096 ? launch_k(rmsnorm_k<1024>, dim3((unsigned)n_tok), dim3(1024), 0, s, x, rows, n,
+                            w, eps, out)
+                 : launch_k(rmsnorm_k<256>, dim3((unsigned)n_tok), dim3(256), 0, s, x, rows, n, w,
+                            eps, out);
+    return launched_rc(lr, e, "rmsnorm");
 }
 
 __global__ static void swiglu_k(float *g, const float *u, int64_t n)
 {
+    pdl_wait();
     const int64_t stride = (int64_t)gridDim.x * blockDim.x;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
         float a = g[i];
@@ -84,6 +137,7 @@ __global__ static void swiglu_k(float *g, const float *u, int64_t n)
 
 __global__ static void add_k(float *x, const float *y, int64_t n)
 {
+    pdl_wait();
     const int64_t stride = (int64_t)gridDim.x * blockDim.x;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride)
         x[i] = __fadd_rn(x[i], y[i]);
@@ -102,8 +156,8 @@ extern "C" int kc_swiglu(kc_stream s, float *g, const float *u, int64_t n, struc
         return moed_err_set(e, MOED_EINVAL, "kc_swiglu: %lld elements", (long long)n);
     if (n == 0)
         return 0;
-    swiglu_k<<<grid_for(n), 256, 0, S(s)>>>(g, u, n);
-    return launched(e, "swiglu");
+    cudaError_t lr = launch_k(swiglu_k, dim3(grid_for(n)), dim3(256), 0, s, g, u, n);
+    return launched_rc(lr, e, "swiglu");
 }
 
 extern "C" int kc_add(kc_stream s, float *x, const float *y, int64_t n, struct moed_err *e)
@@ -112,6 +166,6 @@ extern "C" int kc_add(kc_stream s, float *x, const float *y, int64_t n, struct m
         return moed_err_set(e, MOED_EINVAL, "kc_add: %lld elements", (long long)n);
     if (n == 0)
         return 0;
-    add_k<<<grid_for(n), 256, 0, S(s)>>>(x, y, n);
-    return launched(e, "add");
+    cudaError_t lr = launch_k(add_k, dim3(grid_for(n)), dim3(256), 0, s, x, y, n);
+    return launched_rc(lr, e, "add");
 }

@@ -659,6 +659,73 @@ TEST(cuda_attention)
     gpu_done(&g);
 }
 
+/* Split attention over a reused workspace: whatever it held before (zeros,
+ * 0xff, another split count's partials), and launch after launch on it,
+ * the results are the same (to the bit: the merge order is fixed) and right. */
+TEST(cuda_attention_ws_reuse)
+{
+    GPU_OR_SKIP();
+    const struct attn_cfg c = {128, 32, 4};
+    const int qd = c.n_head * c.hd;
+    struct gpu g;
+    REQUIRE(gpu_init(&g));
+    seed(9);
+    struct kvc kv;
+    REQUIRE(kvc_make(&g, &kv, (size_t)c.n_kv * c.hd, KT_F16));
+    enum { NT = 3 };
+    struct kc_attn_shape sh = {.n_head = c.n_head, .n_head_kv = c.n_kv, .head_dim = c.hd,
+                               .n_rot = c.hd, .rope_base = 10000.0f, .rope_scale = 1.0f,
+                               .rope_neox = true, .qk_norm = KC_QK_NONE, .eps = 1e-6f,
+                               .kv_type = KT_F16, .layer = A_LAYER};
+    const int32_t pos[NT] = {100, 511, 64};
+    struct kc_tok tok[NT];
+    for (int t = 0; t < NT; t++)
+        tok[t] = (struct kc_tok){.pos = pos[t], .n_ctx = A_CTX, .k = kv.dk, .v = kv.dv};
+    float *q = rnd_vec(&g, (size_t)NT * qd, -3, 3);
+    float *o1 = halloc(&g, (size_t)NT * qd * 4), *o2 = halloc(&g, (size_t)NT * qd * 4);
+    double *ref = halloc(&g, (size_t)qd * sizeof(double)), *sc = halloc(&g, A_CTX * sizeof(double));
+    REQUIRE(q && o1 && o2 && ref && sc);
+    size_t wsb = kc_attention_ws_size(&sh, NT, 32);
+    float *dq = dup_to_dev(&g, q, (size_t)NT * qd * 4), *dout = dalloc(&g, (size_t)NT * qd * 4);
+    struct kc_tok *dtok = dup_to_dev(&g, tok, sizeof tok);
+    void *ws = dalloc(&g, wsb);
+    REQUIRE(dq && dout && dtok && ws);
+    static const int splits[] = {3, 32, 5, 32, 8, 2};
+    static const int fill[] = {0x00, 0xff, 0x7f, -1, -1, 0xa5};
+    double worst = 0;
+    int runs = 0;
+    for (size_t si = 0; si < sizeof splits / sizeof splits[0]; si++) {
+        if (fill[si] >= 0)
+            CHECK(kc_memset(ws, fill[si], wsb, g.s, &g.e) == 0);
+        for (int rep = 0; rep < 3; rep++) {
+            int rc = kc_attention(g.s, &sh, dq, dtok, NT, splits[si], ws, dout, &g.e);
+            CHECK_MSG(rc == 0, "kc_attention: %s", g.e.msg);
+            float *got = rep ? o2 : o1;
+            if (rc || !to_host(&g, got, dout, (size_t)NT * qd * 4)) {
+                CHECK(0);
+                continue;
+            }
+            runs++;
+            if (rep)
+                CHECK_MSG(memcmp(o1, o2, (size_t)NT * qd * 4) == 0,
+                          "splits %d fill %d: launch %d differs from the first", splits[si],
+                          fill[si], rep);
+            for (int t = 0; t < NT; t++) {
+                ref_attn(&c, q + (size_t)t * qd, &kv, pos[t], ref, sc);
+                for (int i = 0; i < qd; i++) {
+                    double d = fabs((double)got[(size_t)t * qd + i] - ref[i]);
+                    if (!(d <= worst))
+                        worst = d;
+                }
+            }
+        }
+    }
+    CHECK_MSG(worst <= TOL_ATTN, "max abs err %g", worst);
+    fprintf(stderr, "cuda_attention_ws_reuse: %d launches, max abs err vs double %.3g (tol %g)\n",
+            runs, worst, TOL_ATTN);
+    gpu_done(&g);
+}
+
 /* kc_qk_rope_store then kc_attention on a 40-token prefill, against the
  * CPU's own path (ops_rmsnorm, ops_rope, ops_attn_group). */
 TEST(cuda_attention_prefill_e2e)
@@ -954,6 +1021,78 @@ TEST(cuda_moe_group)
     gpu_done(&g);
 }
 
+/* kc_moe_route_group against kc_moe_route then kc_moe_group: the same bits. */
+TEST(cuda_moe_route_group)
+{
+    GPU_OR_SKIP();
+    static const int toks[] = {1, 4, 64, 600, 0};
+    static const int tiles_[] = {8, 64};
+    static const int cfgs[][2] = {{128, 8}, {60, 4}, {1024, 32}};
+    struct gpu g;
+    REQUIRE(gpu_init(&g));
+    seed(10);
+    int cases = 0;
+    for (size_t ci = 0; ci < sizeof cfgs / sizeof cfgs[0]; ci++)
+        for (int ni = 0; ni < 5; ni++)
+            for (int ti = 0; ti < 2; ti++) {
+                const int E = cfgs[ci][0], K = cfgs[ci][1], n_tok = toks[ni], tile = tiles_[ti];
+                const bool norm = (ni + ti) % 2 == 0;
+                const int P = n_tok * K, nt1 = n_tok ? n_tok : 1;
+                const int dm = g.n_dev, hm = g.n_host;
+                const int32_t max_tiles = kc_moe_max_tiles(n_tok, K, E, tile);
+                float *lg = halloc(&g, (size_t)nt1 * E * 4);
+                REQUIRE(lg);
+                for (int i = 0; i < n_tok * E; i++) /* some ties */
+                    lg[i] = i % 5 == 0 ? (float)rndu(3) : rnd_in(-4, 4);
+                float *dl = dup_to_dev(&g, lg, (size_t)nt1 * E * 4);
+                size_t gsz = kc_moe_groups_size(nt1, K, E, tile);
+                void *ws[2] = {dalloc(&g, gsz), dalloc(&g, gsz)};
+                int32_t *dids[2] = {dalloc(&g, (size_t)nt1 * K * 4), dalloc(&g, (size_t)nt1 * K * 4)};
+                float *dw[2] = {dalloc(&g, (size_t)nt1 * K * 4), dalloc(&g, (size_t)nt1 * K * 4)};
+                REQUIRE(dl && ws[0] && ws[1] && dids[0] && dids[1] && dw[0] && dw[1]);
+                struct kc_moe_groups grp[2];
+                int32_t *h[2][5];
+                int32_t ntl[2] = {-1, -2};
+                bool ok = true;
+                for (int v = 0; v < 2; v++) {
+                    kc_moe_groups_at(&grp[v], ws[v], nt1, K, E, tile);
+                    CHECK(kc_memset(ws[v], v ? 0x55 : 0xaa, gsz, g.s, &g.e) == 0);
+                    int rc = v ? kc_moe_route_group(g.s, dl, n_tok, E, K, norm, dids[v], dw[v], tile,
+                                                    &grp[v], &g.e)
+                               : kc_moe_route(g.s, dl, n_tok, E, K, norm, dids[v], dw[v], &g.e);
+                    if (!v && !rc)
+                        rc = kc_moe_group(g.s, dids[v], n_tok, K, E, tile, &grp[v], &g.e);
+                    CHECK_MSG(rc == 0, "route%s: %s", v ? "_group" : " + group", g.e.msg);
+                    for (int j = 0; j < 5; j++)
+                        h[v][j] = halloc(&g, (size_t)(P > max_tiles * 3 ? P : max_tiles * 3) * 4 + 4);
+                    ok = ok && rc == 0 && h[v][4] &&
+                         to_host(&g, h[v][0], dids[v], (size_t)P * 4) &&
+                         to_host(&g, h[v][1], dw[v], (size_t)P * 4) &&
+                         to_host(&g, h[v][2], grp[v].pair_tok, (size_t)P * 4) &&
+                         to_host(&g, h[v][3], grp[v].pair_of, (size_t)P * 4) &&
+                         to_host(&g, &ntl[v], grp[v].n_tiles, 4) && ntl[v] >= 0 &&
+                         ntl[v] <= max_tiles &&
+                         to_host(&g, h[v][4], grp[v].tiles, (size_t)ntl[v] * 12);
+                }
+                CHECK_MSG(ok, "E %d k %d n_tok %d tile %d: runs", E, K, n_tok, tile);
+                if (ok) {
+                    CHECK_MSG(ntl[0] == ntl[1], "E %d k %d n_tok %d tile %d: %d tiles vs %d", E, K,
+                              n_tok, tile, ntl[1], ntl[0]);
+                    static const char *what[] = {"ids", "wts", "pair_tok", "pair_of", "tiles"};
+                    for (int j = 0; j < 5 && ntl[0] == ntl[1]; j++) {
+                        size_t nb = (size_t)(j == 4 ? ntl[0] * 3 : P) * 4;
+                        CHECK_MSG(memcmp(h[0][j], h[1][j], nb) == 0,
+                                  "E %d k %d n_tok %d tile %d: %s differ", E, K, n_tok, tile,
+                                  what[j]);
+                    }
+                }
+                cases++;
+                gpu_release(&g, dm, hm);
+            }
+    fprintf(stderr, "cuda_moe_route_group: %d cases, bitwise equal to route + group\n", cases);
+    gpu_done(&g);
+}
+
 /* ---- combine ------------------------------------------------------------------------ */
 
 TEST(cuda_moe_combine)
@@ -1047,6 +1186,10 @@ TEST(cuda_ops_errors)
     CHECK_EQ(kc_moe_route(NULL, &dummy, 1, 128, 40, true, &id, &dummy, &e), MOED_EUNSUPPORTED);
     struct kc_moe_groups grp = {0};
     CHECK_EQ(kc_moe_group(NULL, &id, 1, 8, 1025, 8, &grp, &e), MOED_EUNSUPPORTED);
+    CHECK_EQ(kc_moe_route_group(NULL, &dummy, 1, 2000, 8, true, &id, &dummy, 8, &grp, &e),
+             MOED_EUNSUPPORTED);
+    CHECK_EQ(kc_moe_route_group(NULL, &dummy, 1, 128, 40, true, &id, &dummy, 8, &grp, &e),
+             MOED_EUNSUPPORTED);
     CHECK_EQ(kc_moe_combine(NULL, &dummy, &dummy, &id, &dummy, 1, 33, 16, NULL, NULL, &e),
              MOED_EUNSUPPORTED);
     fprintf(stderr, "cuda_ops_errors: refusals as expected\n");
