@@ -152,12 +152,12 @@ test-unit: $(BIN)/moed-tests
 # Without a device they report themselves skipped.
 SANITIZER ?= $(shell command -v compute-sanitizer 2>/dev/null || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null)
 test-gpu: $(BIN)/moed-tests
-	MOED_SHARED=$(SHARED) $(BIN)/moed-tests cuda_
-	@if [ -n "$(SANITIZER)" ]; then \
+	@st=0; MOED_SHARED=$(SHARED) $(BIN)/moed-tests cuda_ || st=1; \
+	if [ -n "$(SANITIZER)" ]; then \
 	  echo "test-gpu: under $(SANITIZER)"; \
 	  MOED_SHARED=$(SHARED) $(SANITIZER) --tool memcheck --leak-check full --error-exitcode 1 \
-	    $(BIN)/moed-tests cuda_; \
-	else echo "test-gpu: compute-sanitizer not found: memcheck skipped"; fi
+	    $(BIN)/moed-tests cuda_ || st=1; \
+	else echo "test-gpu: compute-sanitizer not found: memcheck skipped"; fi; exit $$st
 
 # libFuzzer targets (clang): tests/fuzz/fuzz_NAME.c links the sources listed
 # in FUZZ_SRC_NAME (only what it needs, built for the baseline ISA).

@@ -41,6 +41,9 @@ step() { # $1 = name, rest = command; output to the log, tail on failure
 }
 
 step build make -j"$JOBS" all
+# whether the CUDA code was compiled (it is whenever nvcc is found) and why
+# the GPU tests will skip here
+[ -x bin/moed ] && bin/moed version 2>&1 | grep -E '^cuda' | sed 's/^/   /'
 step unit bin/moed-tests
 step build-san make -j"$JOBS" SAN=1 all
 step unit-san build-san/bin/moed-tests

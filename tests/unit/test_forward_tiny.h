@@ -38,4 +38,12 @@ int tiny_build(const struct tiny_spec *s, uint8_t **buf, size_t *size);
 int tiny_load(const struct tiny_spec *s, uint8_t **buf, struct gguf *g, struct model *m,
               struct moed_err *e);
 
+/*
+ * The GGUF at path copied into memory with every quantized tensor
+ * dequantized to F32: the same weights, for exact-math comparisons.  *buf
+ * holds the file (free it after closing g); the model is bound on g.
+ */
+int tiny_load_dequantized(const char *path, uint8_t **buf, struct gguf *g, struct model *m,
+                          struct moed_err *e);
+
 #endif

@@ -362,50 +362,6 @@ out:
     free(kvp);
 }
 
-/*
- * A copy of the GGUF at path in memory, every quantized tensor dequantized
- * to F32: the same weights, multiplied with F32 activations.  *buf holds
- * the file (free it after closing g).
- */
-static int load_dequantized(const char *path, uint8_t **buf, struct gguf *g, struct model *m,
-                            struct moed_err *e)
-{
-    struct gguf src;
-    int rc = gguf_open(&src, path, e);
-    if (rc)
-        return rc;
-    struct gguf_writer *w = gguf_writer_new(3);
-    float **data = calloc(src.n_tensors, sizeof *data);
-    for (uint64_t i = 0; i < src.n_kv; i++)
-        gguf_writer_set_kv(w, &src.kv[i]);
-    for (uint64_t i = 0; i < src.n_tensors; i++) {
-        const struct gguf_tensor *t = &src.tensors[i];
-        char name[256];
-        snprintf(name, sizeof name, "%.*s", (int)t->name.len, t->name.ptr);
-        int64_t n = t->ne[0], rows = t->ne[1] * t->ne[2] * t->ne[3];
-        data[i] = malloc(sizeof(float) * (size_t)(n * rows));
-        size_t rs = kern_row_size(t->type, n);
-        for (int64_t r = 0; r < rows; r++)
-            kern_dequant_row_ref(t->type, (const uint8_t *)t->data + (size_t)r * rs,
-                                 data[i] + r * n, n);
-        gguf_writer_add_tensor(w, name, KT_F32, t->n_dims, t->ne, data[i]);
-    }
-    size_t size;
-    rc = gguf_writer_write_mem(w, buf, &size, e);
-    gguf_writer_free(w);
-    for (uint64_t i = 0; i < src.n_tensors; i++)
-        free(data[i]);
-    free(data);
-    gguf_close(&src);
-    if (rc)
-        return rc;
-    if ((rc = gguf_open_mem(g, *buf, size, e)))
-        return rc;
-    if ((rc = model_init(m, g, e)))
-        gguf_close(g);
-    return rc;
-}
-
 /* Open dir/file and run it (dequantized: through load_dequantized). */
 static void check_file(const char *dir, const char *file, bool dequant, const cJSON *seqs, bool q8,
                        struct fixture_result *res)
@@ -417,7 +373,7 @@ static void check_file(const char *dir, const char *file, bool dequant, const cJ
     struct gguf g;
     uint8_t *buf = NULL;
     struct moed_err e = {0};
-    int rc = dequant ? load_dequantized(path, &buf, &g, &m, &e) : model_open(&m, path, &e);
+    int rc = dequant ? tiny_load_dequantized(path, &buf, &g, &m, &e) : model_open(&m, path, &e);
     if (rc) {
         test_fail(__FILE__, __LINE__, "%s: %s", path, e.msg);
         free(buf);
