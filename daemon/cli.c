@@ -1,5 +1,6 @@
 /* Shared pieces of the one-shot commands (see cli.h). */
 #include "daemon/cli.h"
+#include "kernels/cuda/kcuda.h"
 
 #include <errno.h>
 #include <stdint.h>
@@ -76,4 +77,16 @@ int cli_model_open(const char *cmd, const char *path, struct model *m, struct to
     if (*tok_warning(*tok))
         fprintf(stderr, "moed %s: %s: tokenizer: %s\n", cmd, path, tok_warning(*tok));
     return 0;
+}
+
+void cli_describe_gpu(int dev, int no_graph, char *buf, size_t n)
+{
+    struct kcuda_device d;
+    struct moed_err e = {0};
+    const char *g = no_graph ? ", no CUDA graphs" : ", CUDA graphs for decode";
+    if (kcuda_device_info(dev, &d, &e))
+        snprintf(buf, n, "GPU %d (%s)%s", dev, e.msg, g);
+    else
+        snprintf(buf, n, "GPU %d: %s, sm_%d%d, %d SMs, %.1f GiB%s", dev, d.name, d.cc_major,
+                 d.cc_minor, d.sm_count, d.mem_total / 1073741824.0, g);
 }

@@ -24,4 +24,9 @@ char *cli_read_all(FILE *f, size_t *len);
  * the caller's cleanup (model_close and tok_free accept what is zeroed). */
 int cli_model_open(const char *cmd, const char *path, struct model *m, struct tok **tok);
 
+/* "GPU N: NAME, sm_XY, N SMs, X GiB" and ", no CUDA graphs" / ", CUDA
+ * graphs for decode": which device --gpu runs on (the error when the device
+ * cannot be queried). */
+void cli_describe_gpu(int dev, int no_graph, char *buf, size_t n);
+
 #endif

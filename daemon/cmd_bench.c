@@ -388,16 +388,10 @@ int cmd_bench(int argc, char **argv)
         mem_ok = !kc_mem_info(&f2, &mtotal, &e);
 
     char backend[64], detail[512], wsize[32];
-    struct kcuda_device dv;
     fmt_size(model_weight_bytes(&b.m), wsize, sizeof wsize);
     if (gpu) {
         snprintf(backend, sizeof backend, "CUDA %ld", a.gpu);
-        if (kcuda_device_info((int)a.gpu, &dv, &e))
-            snprintf(detail, sizeof detail, "GPU %ld (%s)", a.gpu, e.msg);
-        else
-            snprintf(detail, sizeof detail, "GPU %ld: %s, sm_%d%d, %d SMs, %.1f GiB%s", a.gpu,
-                     dv.name, dv.cc_major, dv.cc_minor, dv.sm_count, dv.mem_total / 1073741824.0,
-                     a.no_graph ? ", no CUDA graphs" : ", CUDA graphs for decode");
+        cli_describe_gpu((int)a.gpu, a.no_graph, detail, sizeof detail);
     } else {
         int nt = sched_pool_size(b.pool);
         snprintf(backend, sizeof backend, "CPU %d thread%s", nt, nt == 1 ? "" : "s");

@@ -323,17 +323,12 @@ int cmd_perplexity(int argc, char **argv)
             goto out;
         }
 
-    char backend[400];
+    char backend[512];
     if (fwd_on_gpu(p.fwd)) {
-        struct kcuda_device dv;
-        if (kcuda_device_info((int)a.gpu, &dv, &e))
-            snprintf(backend, sizeof backend, "GPU %ld (%s)", a.gpu, e.msg);
-        else
-            snprintf(backend, sizeof backend,
-                     "GPU %ld: %s, sm_%d%d, %.1f GiB%s; scoring on %d thread%s", a.gpu, dv.name,
-                     dv.cc_major, dv.cc_minor, dv.mem_total / 1073741824.0,
-                     a.no_graph ? ", no CUDA graphs" : "", sched_pool_size(p.pool),
-                     sched_pool_size(p.pool) == 1 ? "" : "s");
+        char gd[400];
+        cli_describe_gpu((int)a.gpu, a.no_graph, gd, sizeof gd);
+        snprintf(backend, sizeof backend, "%.300s; scoring on %d thread%s", gd,
+                 sched_pool_size(p.pool), sched_pool_size(p.pool) == 1 ? "" : "s");
     } else {
         snprintf(backend, sizeof backend, "%d thread%s, %s", sched_pool_size(p.pool),
                  sched_pool_size(p.pool) == 1 ? "" : "s", kern_isa_describe());

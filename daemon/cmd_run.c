@@ -205,19 +205,6 @@ static int parse_args(int argc, char **argv, struct run_args *a)
     return 0;
 }
 
-/* "GPU N: NAME, sm_XY, N SMs, X GiB": which device --gpu runs on. */
-static void describe_gpu(int dev, bool no_graph, char *buf, size_t n)
-{
-    struct kcuda_device d;
-    struct moed_err e = {0};
-    if (kcuda_device_info(dev, &d, &e))
-        snprintf(buf, n, "GPU %d (%s)%s", dev, e.msg, no_graph ? ", no CUDA graphs" : "");
-    else
-        snprintf(buf, n, "GPU %d: %s, sm_%d%d, %d SMs, %.1f GiB%s", dev, d.name, d.cc_major,
-                 d.cc_minor, d.sm_count, d.mem_total / 1073741824.0,
-                 no_graph ? ", no CUDA graphs" : "");
-}
-
 /* Everything a run owns, freed by run_free whatever was set up. */
 struct run {
     struct model m;
@@ -529,7 +516,7 @@ int cmd_run(int argc, char **argv)
     }
     char backend[400];
     if (fwd_on_gpu(r.fwd))
-        describe_gpu((int)a.gpu, a.no_graph, backend, sizeof backend);
+        cli_describe_gpu((int)a.gpu, a.no_graph, backend, sizeof backend);
     else
         snprintf(backend, sizeof backend, "%d thread%s, %s", sched_pool_size(r.pool),
                  sched_pool_size(r.pool) == 1 ? "" : "s", kern_isa_describe());
