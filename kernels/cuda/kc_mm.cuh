@@ -22,15 +22,17 @@ namespace kcm {
 // to halve the FMA dependency chains.  The caller reduces the G partial
 // sums (group_sum, group_sum_cta).
 
-// Slices per lane and batch: 2 of 16 elements or 4 of 8, shared among the
-// NW rows.  Two batches are in flight: the next one's loads are issued
-// before the current one is decoded (software pipelining).  KCM_UNR_A and
+// Slices per lane and batch: 2 of 16 elements or 4 of 8 for one row; with
+// NW rows (NW = 2 or 4, each activation float4 feeding NW rows' FMAs) 2
+// slices of each row, so a batch keeps 4 to 8 independent loads per lane.
+// Two batches are in flight: the next one's loads are issued before the
+// current one is decoded (software pipelining).  KCM_UNR_A and
 // KCM_FORCE_LG (mv_lanes_log2) are build-time tuning knobs.
 #ifndef KCM_UNR_A
 #define KCM_UNR_A 4
 #endif
 template <int TY, int NW> struct MvUnroll {
-    static constexpr int value = (kcq::Q<TY>::SE == 16 ? 2 : KCM_UNR_A) / NW;
+    static constexpr int value = NW == 1 ? (kcq::Q<TY>::SE == 16 ? 2 : KCM_UNR_A) : NW >= 4 ? 1 : 2;
 };
 
 // Loads the batch of slices u0, u0 + G, ... (those < U).
@@ -52,7 +54,7 @@ __device__ __forceinline__ void mv_load(typename kcq::Q<TY>::Raw (&raw)[NW][UNR]
 }
 
 // Decodes a loaded batch and accumulates its dots with the T activations.
-template <int TY, int T, int NW, int UNR>
+template <int TY, int T, int NW, int UNR, bool XS = false>
 __device__ __forceinline__ void mv_dot(const typename kcq::Q<TY>::Raw (&raw)[NW][UNR],
                                        const float *const (&xr)[T], int u0, int U, int G,
                                        float (&acc)[NW][T][2])
@@ -73,7 +75,9 @@ __device__ __forceinline__ void mv_dot(const typename kcq::Q<TY>::Raw (&raw)[NW]
                 const int o = e0 + QT::off((int)j, r);
 #pragma unroll
                 for (int t = 0; t < T; t++) {
-                    const float4 xv = __ldg((const float4 *)(xr[t] + o));
+                    // XS: the activations are in shared memory (no read-only path)
+                    const float4 xv = XS ? *(const float4 *)(xr[t] + o)
+                                         : __ldg((const float4 *)(xr[t] + o));
 #pragma unroll
                     for (int m = 0; m < NW; m++) {
                         float a = acc[m][t][r & 1];
@@ -89,7 +93,7 @@ __device__ __forceinline__ void mv_dot(const typename kcq::Q<TY>::Raw (&raw)[NW]
     }
 }
 
-template <int TY, int T, int NW>
+template <int TY, int T, int NW, bool XS = false>
 __device__ __forceinline__ void mv_rows(const uint8_t *const (&wr)[NW], int nb,
                                         const float *const (&xr)[T], int g, int G,
                                         float (&acc)[NW][T][2])
@@ -103,12 +107,12 @@ __device__ __forceinline__ void mv_rows(const uint8_t *const (&wr)[NW], int nb,
     mv_load<TY, NW, UNR>(ra, wr, u0, U, G);
     while (u0 < U) {
         mv_load<TY, NW, UNR>(rb, wr, u0 + step, U, G); // next batch (no-op past U)
-        mv_dot<TY, T, NW, UNR>(ra, xr, u0, U, G, acc);
+        mv_dot<TY, T, NW, UNR, XS>(ra, xr, u0, U, G, acc);
         u0 += step;
         if (u0 >= U)
             break;
         mv_load<TY, NW, UNR>(ra, wr, u0 + step, U, G);
-        mv_dot<TY, T, NW, UNR>(rb, xr, u0, U, G, acc);
+        mv_dot<TY, T, NW, UNR, XS>(rb, xr, u0, U, G, acc);
         u0 += step;
     }
 }
@@ -172,6 +176,44 @@ static inline int mv_lanes_log2(int ns_per_block, int nb, int rows, int max_lg)
     while (lg > 3 && (1L << (lg - 1)) >= u)
         lg--;
     return lg;
+}
+
+// Rows per lane group (NW) and lanes per group (log2) for a matvec of
+// `rows` rows: NW = 4 on matrices tall enough to keep >= ~2048 warps with
+// it (each activation load then feeds 4 rows), 2 or 1 below (max_nw caps
+// it); lanes per group from mv_lanes_log2 on the row groups.  H200, Q8_0,
+// 1 token: 4096 x 2048 8.1 -> 6.4 us, 2048 x 4096 8.1 -> 6.5, 151936 x
+// 2048 203 -> 134 (4 tokens: 21.6 -> 9.6, 492 -> 213); 512 x 2048 stays
+// at 1 row on 128 lanes (3.1).  mv_tune (a translation
+// unit's own copy) overrides both for tests and microbenchmarks.
+struct MvPlan {
+    int nw, lg;
+};
+static MvPlan mv_tune = {0, 0};
+
+static inline MvPlan mv_plan(int ns_per_block, int nb, int rows, int max_lg, int max_nw)
+{
+    MvPlan p;
+    p.nw = rows >= 2048 ? 4 : rows >= 1024 ? 2 : 1;
+    if (mv_tune.nw)
+        p.nw = mv_tune.nw;
+    if (p.nw > max_nw)
+        p.nw = max_nw;
+    p.lg = mv_lanes_log2(ns_per_block, nb, (rows + p.nw - 1) / p.nw, max_lg);
+    // k-quants of tall matrices: narrow groups.  Warp-reduced kernels
+    // (max_lg 5: MoE, kc_matmul_multi; H200, 8 Q4_K experts, 1 token): down 2048 x 768 x 9 tiles, 4 rows on
+    // 8 lanes 9.0 us, on 16 9.3, on 32 13.3, 1 row on 8 lanes 9.8;
+    // gate_up 2 x 768 x 2048 x 9 tiles, gate + up on 8 lanes 15.2, on 32
+    // 16.2.  kc_matmul: 8 lanes for 1 row, 16 for 4.
+    const bool moe = max_lg <= 5;
+    if (ns_per_block == 16 && rows >= (moe ? 12288 : 16384)) {
+        const int cap = moe || p.nw < 4 ? 3 : 4;
+        if (p.lg > cap)
+            p.lg = cap;
+    }
+    if (mv_tune.lg)
+        p.lg = mv_tune.lg < max_lg ? mv_tune.lg : max_lg;
+    return p;
 }
 
 // ---- tensor-core tile -----------------------------------------------------------

@@ -13,7 +13,8 @@
 //     experts take it for tile 64 too, 4 pairs a pass, as kc_matmul keeps
 //     them off the tensor cores).  gate_up dots the gate and up rows of the
 //     same index together (one pass over the activations) and writes
-//     silu(g) * u.
+//     silu(g) * u; down gives a lane group up to 4 rows (kc_mm.cuh's
+//     mv_plan), each activation load feeding all of them.
 //   tile == 64 (prefill): kc_mm.cuh's tensor-core tile with the activation
 //     rows gathered through pair_tok.  For gate_up the 64 weight rows of a
 //     CTA are 32 gate rows and the same 32 up rows, so the SwiGLU is applied
@@ -51,7 +52,9 @@ __device__ __forceinline__ bool read_tile(const int32_t *tiles, const int32_t *n
 // makes two passes, the second reading the expert's rows from L2.
 constexpr int MOE_MV_T = 4;
 
-template <int TY, int T>
+// NG gate rows and the same NG up rows per lane group (row .. row + NG - 1;
+// those past n_ff read the last row and write nothing).
+template <int TY, int T, int NG>
 __device__ __forceinline__ void gu_mv(const uint8_t *gw, const uint8_t *uw, size_t rs, int nb,
                                       int n_ff, int row, int g, int G, const float *x, int n_embd,
                                       const int32_t *pair_tok, int p0, float *act)
@@ -60,32 +63,43 @@ __device__ __forceinline__ void gu_mv(const uint8_t *gw, const uint8_t *uw, size
 #pragma unroll
     for (int t = 0; t < T; t++)
         xr[t] = x + (size_t)pair_tok[p0 + t] * n_embd;
-    float acc[2][T][2];
+    float acc[2 * NG][T][2];
 #pragma unroll
-    for (int m = 0; m < 2; m++)
+    for (int m = 0; m < 2 * NG; m++)
 #pragma unroll
         for (int t = 0; t < T; t++)
             acc[m][t][0] = acc[m][t][1] = 0.0f;
     if (row < n_ff) {
-        const uint8_t *wr[2] = {gw + (size_t)row * rs, uw + (size_t)row * rs};
-        mv_rows<TY, T, 2>(wr, nb, xr, g, G, acc);
-    }
-    float vg[T], vu[T];
+        const uint8_t *wr[2 * NG];
 #pragma unroll
-    for (int t = 0; t < T; t++) {
-        vg[t] = acc[0][t][0] + acc[0][t][1];
-        vu[t] = acc[1][t][0] + acc[1][t][1];
+        for (int m = 0; m < NG; m++) {
+            const size_t r = (size_t)(row + m < n_ff ? row + m : n_ff - 1);
+            wr[m] = gw + r * rs;
+            wr[NG + m] = uw + r * rs;
+        }
+        mv_rows<TY, T, 2 * NG>(wr, nb, xr, g, G, acc);
     }
-    group_sum<T>(vg, G);
-    group_sum<T>(vu, G);
-    if (row < n_ff && g == 0) {
+    float v[2 * NG * T];
+#pragma unroll
+    for (int m = 0; m < 2 * NG; m++)
 #pragma unroll
         for (int t = 0; t < T; t++)
-            act[(size_t)(p0 + t) * n_ff + row] = silu(vg[t]) * vu[t];
+            v[m * T + t] = acc[m][t][0] + acc[m][t][1];
+    group_sum<2 * NG * T>(v, G);
+    if (g == 0) {
+#pragma unroll
+        for (int m = 0; m < NG; m++) {
+            if (row + m < n_ff) {
+#pragma unroll
+                for (int t = 0; t < T; t++)
+                    act[(size_t)(p0 + t) * n_ff + row + m] =
+                        silu(v[m * T + t]) * v[(NG + m) * T + t];
+            }
+        }
     }
 }
 
-template <int TY>
+template <int TY, int NG>
 __global__ void __launch_bounds__(MV_THREADS)
     k_gu_mv(const void *const *gate, const void *const *up, size_t rs, int nb, int n_ff,
             const float *__restrict__ x, int n_embd, const int32_t *__restrict__ pair_tok,
@@ -96,13 +110,14 @@ __global__ void __launch_bounds__(MV_THREADS)
     if (!read_tile(tiles, n_tiles, tl))
         return;
     const int G = 1 << lg, lane = threadIdx.x & 31, g = lane & (G - 1);
-    const int row = (blockIdx.x * (MV_THREADS / 32) + (threadIdx.x >> 5)) * (32 >> lg) + (lane >> lg);
+    const int row =
+        ((blockIdx.x * (MV_THREADS / 32) + (threadIdx.x >> 5)) * (32 >> lg) + (lane >> lg)) * NG;
     const uint8_t *gw = (const uint8_t *)gate[tl.e], *uw = (const uint8_t *)up[tl.e];
     for (int t0 = 0; t0 < tl.c; t0 += MOE_MV_T) {
         const int p = tl.p0 + t0;
         switch (tl.c - t0 < MOE_MV_T ? tl.c - t0 : MOE_MV_T) { // uniform over the CTA
 #define KC_GU_T(TT)                                                                               \
-    case TT: gu_mv<TY, TT>(gw, uw, rs, nb, n_ff, row, g, G, x, n_embd, pair_tok, p, act); break;
+    case TT: gu_mv<TY, TT, NG>(gw, uw, rs, nb, n_ff, row, g, G, x, n_embd, pair_tok, p, act); break;
             KC_GU_T(1) KC_GU_T(2) KC_GU_T(3) KC_GU_T(4)
 #undef KC_GU_T
         default: break;
@@ -110,7 +125,8 @@ __global__ void __launch_bounds__(MV_THREADS)
     }
 }
 
-template <int TY, int T>
+// NW rows per lane group, as gu_mv.
+template <int TY, int T, int NW>
 __device__ __forceinline__ void down_mv(const uint8_t *W, size_t rs, int nb, int n_embd, int row,
                                         int g, int G, const float *act, int n_ff, int p0, float *y)
 {
@@ -118,27 +134,39 @@ __device__ __forceinline__ void down_mv(const uint8_t *W, size_t rs, int nb, int
 #pragma unroll
     for (int t = 0; t < T; t++)
         xr[t] = act + (size_t)(p0 + t) * n_ff;
-    float acc[1][T][2];
+    float acc[NW][T][2];
 #pragma unroll
-    for (int t = 0; t < T; t++)
-        acc[0][t][0] = acc[0][t][1] = 0.0f;
-    if (row < n_embd) {
-        const uint8_t *wr[1] = {W + (size_t)row * rs};
-        mv_rows<TY, T, 1>(wr, nb, xr, g, G, acc);
-    }
-    float v[T];
-#pragma unroll
-    for (int t = 0; t < T; t++)
-        v[t] = acc[0][t][0] + acc[0][t][1];
-    group_sum<T>(v, G);
-    if (row < n_embd && g == 0) {
+    for (int m = 0; m < NW; m++)
 #pragma unroll
         for (int t = 0; t < T; t++)
-            y[(size_t)(p0 + t) * n_embd + row] = v[t];
+            acc[m][t][0] = acc[m][t][1] = 0.0f;
+    if (row < n_embd) {
+        const uint8_t *wr[NW];
+#pragma unroll
+        for (int m = 0; m < NW; m++)
+            wr[m] = W + (size_t)(row + m < n_embd ? row + m : n_embd - 1) * rs;
+        mv_rows<TY, T, NW>(wr, nb, xr, g, G, acc);
+    }
+    float v[NW * T];
+#pragma unroll
+    for (int m = 0; m < NW; m++)
+#pragma unroll
+        for (int t = 0; t < T; t++)
+            v[m * T + t] = acc[m][t][0] + acc[m][t][1];
+    group_sum<NW * T>(v, G);
+    if (g == 0) {
+#pragma unroll
+        for (int m = 0; m < NW; m++) {
+            if (row + m < n_embd) {
+#pragma unroll
+                for (int t = 0; t < T; t++)
+                    y[(size_t)(p0 + t) * n_embd + row + m] = v[m * T + t];
+            }
+        }
     }
 }
 
-template <int TY>
+template <int TY, int NW>
 __global__ void __launch_bounds__(MV_THREADS)
     k_down_mv(const void *const *down, size_t rs, int nb, int n_embd,
               const float *__restrict__ act, int n_ff, const int32_t *__restrict__ tiles,
@@ -148,13 +176,14 @@ __global__ void __launch_bounds__(MV_THREADS)
     if (!read_tile(tiles, n_tiles, tl))
         return;
     const int G = 1 << lg, lane = threadIdx.x & 31, g = lane & (G - 1);
-    const int row = (blockIdx.x * (MV_THREADS / 32) + (threadIdx.x >> 5)) * (32 >> lg) + (lane >> lg);
+    const int row =
+        ((blockIdx.x * (MV_THREADS / 32) + (threadIdx.x >> 5)) * (32 >> lg) + (lane >> lg)) * NW;
     const uint8_t *W = (const uint8_t *)down[tl.e];
     for (int t0 = 0; t0 < tl.c; t0 += MOE_MV_T) {
         const int p = tl.p0 + t0;
         switch (tl.c - t0 < MOE_MV_T ? tl.c - t0 : MOE_MV_T) {
 #define KC_DN_T(TT)                                                                               \
-    case TT: down_mv<TY, TT>(W, rs, nb, n_embd, row, g, G, act, n_ff, p, y); break;
+    case TT: down_mv<TY, TT, NW>(W, rs, nb, n_embd, row, g, G, act, n_ff, p, y); break;
             KC_DN_T(1) KC_DN_T(2) KC_DN_T(3) KC_DN_T(4)
 #undef KC_DN_T
         default: break;
@@ -237,11 +266,14 @@ void gu_launch(cudaStream_t st, const struct kc_experts *ex, const float *x,
     const int n_embd = ex->n_embd, n_ff = ex->n_ff;
     if (tile <= 8 || !tc_type<TY>) {
         const int nb = n_embd / kcq::Q<TY>::BLK;
-        const int lg = mv_lanes_log2(kcq::Q<TY>::NS, nb, n_ff * max_tiles, 5);
-        const int rpc = MV_THREADS >> lg;
+        // one gate and one up row per group: 2 + 2 measured slower (H200, 8
+        // Q4_K experts 768 x 2048, 1 token: 17.6 us vs 16.1)
+        const MvPlan p = mv_plan(kcq::Q<TY>::NS, nb, 2 * n_ff * max_tiles, 5, 2);
+        const int rpc = MV_THREADS >> p.lg;
         const dim3 grid((unsigned)((n_ff + rpc - 1) / rpc), (unsigned)max_tiles);
-        k_gu_mv<TY><<<grid, MV_THREADS, 0, st>>>(ex->gate, ex->up, ex->row_gate, nb, n_ff, x,
-                                                  n_embd, g->pair_tok, g->tiles, g->n_tiles, act, lg);
+        k_gu_mv<TY, 1><<<grid, MV_THREADS, 0, st>>>(ex->gate, ex->up, ex->row_gate, nb, n_ff, x,
+                                                     n_embd, g->pair_tok, g->tiles, g->n_tiles, act,
+                                                     p.lg);
     } else if constexpr (tc_type<TY>) {
         const dim3 grid((unsigned)((n_ff + GU_ROWS - 1) / GU_ROWS), (unsigned)max_tiles);
         k_gu_tc<TY><<<grid, TC_THREADS, 0, st>>>(ex->gate, ex->up, ex->row_gate, n_embd, n_ff, x,
@@ -256,11 +288,18 @@ void down_launch(cudaStream_t st, const struct kc_experts *ex, const float *act,
     const int n_embd = ex->n_embd, n_ff = ex->n_ff;
     if (tile <= 8 || !tc_type<TY>) {
         const int nb = n_ff / kcq::Q<TY>::BLK;
-        const int lg = mv_lanes_log2(kcq::Q<TY>::NS, nb, n_embd * max_tiles, 5);
-        const int rpc = MV_THREADS >> lg;
+        const MvPlan p = mv_plan(kcq::Q<TY>::NS, nb, n_embd * max_tiles, 5, 4);
+        const int rpc = (MV_THREADS >> p.lg) * p.nw;
         const dim3 grid((unsigned)((n_embd + rpc - 1) / rpc), (unsigned)max_tiles);
-        k_down_mv<TY><<<grid, MV_THREADS, 0, st>>>(ex->down, ex->row_down, nb, n_embd, act, n_ff,
-                                                    g->tiles, g->n_tiles, y, lg);
+        switch (p.nw) {
+#define KC_DN_NW(NW)                                                                              \
+    case NW:                                                                                      \
+        k_down_mv<TY, NW><<<grid, MV_THREADS, 0, st>>>(ex->down, ex->row_down, nb, n_embd, act,   \
+                                                        n_ff, g->tiles, g->n_tiles, y, p.lg);     \
+        break;
+            KC_DN_NW(1) KC_DN_NW(2) KC_DN_NW(4)
+#undef KC_DN_NW
+        }
     } else if constexpr (tc_type<TY>) {
         const dim3 grid((unsigned)((n_embd + TC_M - 1) / TC_M), (unsigned)max_tiles);
         k_down_tc<TY><<<grid, TC_THREADS, 0, st>>>(ex->down, ex->row_down, n_embd, n_ff, act,
@@ -293,6 +332,14 @@ int check_common(const char *fn, const struct kc_experts *ex, const struct kc_mo
 } // namespace
 
 // ---- entry points ---------------------------------------------------------------
+
+// As kc_matmul_tune, for the decode kernels (nw: down's rows per group;
+// gate_up always takes 1 gate + 1 up row).
+extern "C" void kc_moe_ffn_tune(int nw, int lg)
+{
+    mv_tune.nw = nw == 1 || nw == 2 || nw == 4 ? nw : 0;
+    mv_tune.lg = lg >= 3 && lg <= 5 ? lg : 0;
+}
 
 extern "C" int kc_moe_gate_up(kc_stream s, const struct kc_experts *ex, const float *x,
                               const struct kc_moe_groups *g, int32_t tile, int32_t max_tiles,

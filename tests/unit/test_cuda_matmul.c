@@ -3,7 +3,8 @@
  * double-precision host references built from kern_dequant_row_ref, for
  * every weight type the GPU reads: kc_matmul on both paths (matvec for
  * n_tok <= 8 and F32/F16, tensor cores otherwise) with and without bias
- * and accumulation, kc_embed bit for bit, kc_moe_gate_up / kc_moe_down on
+ * and accumulation, kc_matmul_multi against kc_rmsnorm + kc_matmul,
+ * kc_embed bit for bit, kc_moe_gate_up / kc_moe_down on
  * groupings built here as kc.h specifies (tiles of 8 and of 64), and the
  * argument checks.
  *
@@ -260,8 +261,9 @@ static void run_matmul(const int *ntoks, int n_ntok)
     int combo = 0;
     for (size_t ti = 0; ti < N_TYPES; ti++) {
         const uint32_t t = all_types[ti];
-        /* (2048, 40): few long rows, spread over 2 or 4 warps per row */
-        const int shapes[3][2] = {{256, 96}, {width2(t), 200}, {2048, 40}};
+        /* (2048, 40): few long rows, spread over 2 or 4 warps per row; 202
+         * rows: a last lane group of 4 rows with 2 of them */
+        const int shapes[3][2] = {{256, 96}, {width2(t), 202}, {2048, 40}};
         for (int si = 0; si < 3; si++) {
             struct wmat m;
             if (!wmat_make(&m, t, shapes[si][0], shapes[si][1]))
@@ -299,6 +301,186 @@ TEST(cuda_matmul_tc)
             "    cuda_matmul_tc: max |err| / sum|w x| = %.3g tensor cores (tolerance %.1g), %.3g "
             "F32/F16 matvec (%.1g)\n",
             worst_tc, TC_REL, worst_mv, MV_REL);
+}
+
+/* The matvec kernels (kc_matmul, kc_matmul_multi) at each forced lane
+ * group shape: 1, 2 and 4 rows per group of 8, 32 and 128 lanes (the
+ * MoE kernels: test cuda_moe_ffn_shapes). */
+/* weak: absent in builds without the CUDA kernels, where the tests skip */
+__attribute__((weak)) void kc_matmul_tune(int nw, int lg);
+__attribute__((weak)) void kc_moe_ffn_tune(int nw, int lg);
+
+static void check_multi(kc_stream s, uint32_t type, int n, int n_tok, bool norm_on);
+
+TEST(cuda_matmul_shapes)
+{
+    GPU_OR_SKIP();
+    REQUIRE(kc_matmul_tune != NULL);
+    static const int ntoks[] = {1, 3};
+    static const int plans[][2] = {{1, 3}, {2, 5}, {4, 3}, {4, 5}, {4, 7}, {2, 7}};
+    worst_mv = 0;
+    for (size_t i = 0; i < sizeof plans / sizeof plans[0]; i++) {
+        kc_matmul_tune(plans[i][0], plans[i][1]);
+        run_matmul(ntoks, 2);
+        struct moed_err e = {0};
+        kc_stream s = NULL;
+        if (kc_stream_new(&s, &e) == 0) {
+            check_multi(s, KT_Q8_0, 1024, 1, true);
+            check_multi(s, KT_Q4_K, 2048, 3, false);
+            kc_stream_free(s);
+        }
+    }
+    kc_matmul_tune(0, 0);
+    fprintf(stderr, "    cuda_matmul_shapes: max |err| / sum|w x| = %.3g (tolerance %.1g)\n",
+            worst_mv, MV_REL);
+}
+
+/* ---- kc_matmul_multi ---------------------------------------------------------- */
+
+/* kc_matmul_multi (with and without the RMSNorm, with biases) against
+ * kc_rmsnorm + one kc_matmul per matrix on the GPU: the same f32 math in
+ * another launch shape, so within 1e-6 of S = sum |w x'| (+ 1e-7 absolute);
+ * norm_out, written where n_tok > 8, must equal kc_rmsnorm's bit for bit. */
+static void check_multi(kc_stream s, uint32_t type, int n, int n_tok, bool norm_on)
+{
+    enum { NM = 3 };
+    const int rows[NM] = {200, 40, 72};
+    struct wmat m[NM];
+    void *dw[NM] = {0};
+    float *db[NM] = {0}, *dout[NM] = {0}, *dref[NM] = {0};
+    float *bias[NM] = {0}, *o = NULL, *oref = NULL, *xh = NULL, *nw = NULL, *xn = NULL;
+    float *dx = NULL, *dnw = NULL, *dxn = NULL, *dno = NULL;
+    int made = 0;
+    for (; made < NM; made++)
+        if (!wmat_make(&m[made], type, n, rows[made]))
+            goto out;
+    const size_t nx = (size_t)n_tok * n;
+    xh = malloc(sizeof(float) * nx);
+    nw = malloc(sizeof(float) * (size_t)n);
+    xn = malloc(sizeof(float) * nx);
+    o = malloc(sizeof(float) * (size_t)n_tok * 200);
+    oref = malloc(sizeof(float) * (size_t)n_tok * 200);
+    if (!xh || !nw || !xn || !o || !oref) {
+        test_fail(__FILE__, __LINE__, "out of memory");
+        goto out;
+    }
+    for (size_t i = 0; i < nx; i++)
+        xh[i] = 4.0f * rndf();
+    for (int k = 0; k < n; k++)
+        nw[k] = 0.5f + rndf();
+    dx = dev_put(s, xh, sizeof(float) * nx);
+    dnw = dev_put(s, nw, sizeof(float) * (size_t)n);
+    dxn = dev_put(s, NULL, sizeof(float) * nx);
+    dno = dev_put(s, NULL, sizeof(float) * nx);
+    if (!dx || !dnw || !dxn || !dno)
+        goto out;
+    struct kc_mat km[NM];
+    struct moed_err e = {0};
+    for (int i = 0; i < NM; i++) {
+        bias[i] = malloc(sizeof(float) * (size_t)rows[i]);
+        if (!bias[i])
+            goto out;
+        for (int r = 0; r < rows[i]; r++)
+            bias[i][r] = rndf();
+        dw[i] = dev_put(s, m[i].q, m[i].rs * (size_t)rows[i]);
+        db[i] = dev_put(s, bias[i], sizeof(float) * (size_t)rows[i]);
+        dout[i] = dev_put(s, NULL, sizeof(float) * (size_t)n_tok * rows[i]);
+        dref[i] = dev_put(s, NULL, sizeof(float) * (size_t)n_tok * rows[i]);
+        if (!dw[i] || !db[i] || !dout[i] || !dref[i])
+            goto out;
+        km[i] = (struct kc_mat){type, dw[i], m[i].rs, n, rows[i]};
+    }
+    /* the reference: the separate kernels */
+    const float *xin = dx;
+    if (norm_on) {
+        CHECK(kc_rmsnorm(s, dx, NULL, n_tok, n, dnw, 1e-6f, dxn, &e) == 0);
+        xin = dxn;
+    }
+    for (int i = 0; i < NM; i++)
+        CHECK_MSG(kc_matmul(s, &km[i], xin, n_tok, dref[i], i == 1 ? NULL : db[i], false, &e) == 0,
+                  "kc_matmul: %s", e.msg);
+    const float *cb[NM] = {db[0], NULL, db[2]};
+    float *const co[NM] = {dout[0], dout[1], dout[2]};
+    int rc = kc_matmul_multi(s, NM, km, dx, n_tok, co, cb, norm_on ? dnw : NULL, 1e-6f, dno, &e);
+    CHECK_MSG(rc == 0, "kc_matmul_multi %s n %d n_tok %d: %s", kern_type_name(type), n, n_tok,
+              e.msg);
+    if (rc || !dev_sync(s, "kc_matmul_multi"))
+        goto out;
+    if (!dev_get(s, xn, xin, sizeof(float) * nx))
+        goto out;
+    if (norm_on && n_tok > 8) {
+        float *no = malloc(sizeof(float) * nx);
+        if (no && dev_get(s, no, dno, sizeof(float) * nx))
+            CHECK_MSG(memcmp(no, xn, sizeof(float) * nx) == 0,
+                      "kc_matmul_multi %s n_tok %d: norm_out differs from kc_rmsnorm",
+                      kern_type_name(type), n_tok);
+        free(no);
+    }
+    int bad = 0;
+    for (int i = 0; i < NM; i++) {
+        const size_t no_ = (size_t)n_tok * rows[i];
+        if (!dev_get(s, o, dout[i], sizeof(float) * no_) ||
+            !dev_get(s, oref, dref[i], sizeof(float) * no_))
+            goto out;
+        for (int t = 0; t < n_tok; t++)
+            for (int r = 0; r < rows[i]; r++) {
+                const float *w = m[i].f + (size_t)r * n, *xt = xn + (size_t)t * n;
+                double mag = 0;
+                for (int k = 0; k < n; k++)
+                    mag += fabs((double)w[k] * xt[k]);
+                const double got = o[(size_t)t * rows[i] + r], ref = oref[(size_t)t * rows[i] + r];
+                const double tol = 1e-6 * (mag + fabs(ref)) + 1e-7;
+                if (!(fabs(got - ref) <= tol) && bad++ < 5)
+                    test_fail(__FILE__, __LINE__,
+                              "kc_matmul_multi %s n %d n_tok %d norm %d: out[%d][%d][%d] = %.9g, "
+                              "separate kernels %.9g (tol %.3g)",
+                              kern_type_name(type), n, n_tok, norm_on, i, t, r, got, ref, tol);
+            }
+    }
+out:
+    for (int i = 0; i < NM; i++) {
+        kc_free(dw[i]);
+        kc_free(db[i]);
+        kc_free(dout[i]);
+        kc_free(dref[i]);
+        free(bias[i]);
+    }
+    for (int i = 0; i < made; i++)
+        wmat_free(&m[i]);
+    kc_free(dx);
+    kc_free(dnw);
+    kc_free(dxn);
+    kc_free(dno);
+    free(xh);
+    free(nw);
+    free(xn);
+    free(o);
+    free(oref);
+}
+
+TEST(cuda_matmul_multi)
+{
+    GPU_OR_SKIP();
+    struct moed_err e = {0};
+    kc_stream s = NULL;
+    REQUIRE(kc_stream_new(&s, &e) == 0);
+    static const int ntoks[] = {1, 3, 8, 20};
+    for (int k = 0; k < 4; k++) {
+        check_multi(s, KT_Q8_0, 1024, ntoks[k], true);
+        check_multi(s, KT_F32, 1024, ntoks[k], true);
+        check_multi(s, KT_Q8_0, 1024, ntoks[k], false);
+    }
+    /* wider than 4096 (one launch): kc_rmsnorm's 1024-thread order; a k-quant */
+    check_multi(s, KT_Q8_0, 4608, 1, true);
+    check_multi(s, KT_Q4_K, 2048, 1, true);
+    /* refused: mixed widths */
+    struct kc_mat bad[2] = {{KT_F32, (const void *)(uintptr_t)4096, 4 * 256, 256, 4},
+                            {KT_F32, (const void *)(uintptr_t)4096, 4 * 512, 512, 4}};
+    float *ff = (float *)(uintptr_t)8192;
+    float *const outs[2] = {ff, ff};
+    CHECK_EQ(kc_matmul_multi(s, 2, bad, ff, 1, outs, NULL, NULL, 1e-6f, NULL, &e), MOED_EINVAL);
+    CHECK_EQ(kc_matmul_multi(s, 5, bad, ff, 1, outs, NULL, NULL, 1e-6f, NULL, &e), MOED_EINVAL);
+    kc_stream_free(s);
 }
 
 /* ---- kc_embed -------------------------------------------------------------- */
@@ -621,6 +803,22 @@ TEST(cuda_moe_ffn_vec)
     worst_mv = 0;
     run_moe(8, ntoks, 3);
     fprintf(stderr, "    cuda_moe_ffn_vec: max |err| / bound-scale = %.3g (tolerance %.1g)\n",
+            worst_mv, MV_REL);
+}
+
+TEST(cuda_moe_ffn_shapes)
+{
+    GPU_OR_SKIP();
+    REQUIRE(kc_moe_ffn_tune != NULL);
+    static const int ntoks[] = {1, 3};
+    static const int plans[][2] = {{1, 3}, {2, 4}, {4, 3}, {4, 5}};
+    worst_mv = 0;
+    for (size_t i = 0; i < sizeof plans / sizeof plans[0]; i++) {
+        kc_moe_ffn_tune(plans[i][0], plans[i][1]);
+        run_moe(8, ntoks, 2);
+    }
+    kc_moe_ffn_tune(0, 0);
+    fprintf(stderr, "    cuda_moe_ffn_shapes: max |err| / bound-scale = %.3g (tolerance %.1g)\n",
             worst_mv, MV_REL);
 }
 
