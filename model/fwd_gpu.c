@@ -4,11 +4,11 @@
  *
  *   x = embed(tokens)
  *   per layer:
- *     h = rmsnorm(x) * attn_norm; q, k, v = Wq h + bq, Wk h + bk, Wv h + bv
+ *     h = rmsnorm(x) * attn_norm; q, k, v = Wq h + bq, Wk h + bk, Wv h + bv  (one launch)
  *     q, k = rope(qk_norm(q, k)); caches[seq][layer][pos] = k, v
  *     x += Wo attention(q)                       (kc_matmul accumulates)
- *     h = rmsnorm(x) * ffn_norm; route(W_router h) -> ids, weights
- *     group the (token, slot) pairs by expert; act = swiglu(gate/up); y = down act
+ *     h = rmsnorm(x) * ffn_norm; route(W_router h) -> ids, weights, and
+ *     group the (token, slot) pairs by expert (one launch); act = swiglu(gate/up); y = down act
  *     x += sum_j w_j y_j (+ sigmoid(g . h) shared(h), qwen2moe)
  *   logits = W_out (rmsnorm(x[rows]) * output_norm)
  *
@@ -417,10 +417,11 @@ static int layer(struct fwd_gpu *g, int32_t il, int32_t n, bool decode, struct m
                                .eps = hp->rms_eps,
                                .kv_type = g->kv_type_cur,
                                .layer = il};
-    if ((rc = kc_rmsnorm(st, g->x, NULL, n, d, G->attn_norm, hp->rms_eps, g->h, e)) ||
-        (rc = kc_matmul(st, &G->wq, g->h, n, g->q, G->bq, false, e)) ||
-        (rc = kc_matmul(st, &G->wk, g->h, n, g->k, G->bk, false, e)) ||
-        (rc = kc_matmul(st, &G->wv, g->h, n, g->v, G->bv, false, e)) ||
+    const struct kc_mat qkv[3] = {G->wq, G->wk, G->wv};
+    float *const qkv_out[3] = {g->q, g->k, g->v};
+    const float *const qkv_bias[3] = {G->bq, G->bk, G->bv};
+    if ((rc = kc_matmul_multi(st, 3, qkv, g->x, n, qkv_out, qkv_bias, G->attn_norm, hp->rms_eps,
+                              g->h, e)) ||
         (rc = kc_qk_rope_store(st, &sh, g->q, g->k, g->v, G->q_norm, G->k_norm, g->d.meta, n, e)) ||
         (rc = kc_attention(st, &sh, g->q, g->d.meta, n, attn_split(hp, n, decode), g->attn_ws, g->att,
                            e)) ||
@@ -428,14 +429,14 @@ static int layer(struct fwd_gpu *g, int32_t il, int32_t n, bool decode, struct m
         return rc;
 
     if ((rc = kc_rmsnorm(st, g->x, NULL, n, d, G->ffn_norm, hp->rms_eps, g->h, e)) ||
-        (rc = kc_matmul(st, &G->router, g->h, n, g->rl, NULL, false, e)) ||
-        (rc = kc_moe_route(st, g->rl, n, E, K, hp->norm_topk, g->ids, g->wts, e)))
+        (rc = kc_matmul(st, &G->router, g->h, n, g->rl, NULL, false, e)))
         return rc;
     int32_t tile = moe_tile(g, n);
     int32_t max_tiles = kc_moe_max_tiles(n, K, E, tile);
     struct kc_moe_groups grp;
     kc_moe_groups_at(&grp, g->groups_ws, g->max_batch, K, E, tile);
-    if ((rc = kc_moe_group(st, g->ids, n, K, E, tile, &grp, e)) ||
+    if ((rc = kc_moe_route_group(st, g->rl, n, E, K, hp->norm_topk, g->ids, g->wts, tile, &grp,
+                                 e)) ||
         (rc = kc_moe_gate_up(st, &G->ex, g->h, &grp, tile, max_tiles, g->act, e)) ||
         (rc = kc_moe_down(st, &G->ex, g->act, &grp, tile, max_tiles, g->ypair, e)))
         return rc;

@@ -1,12 +1,14 @@
 #!/bin/bash
 # The GPU machine's one call for the CUDA engine (issue 6): build with CUDA
-# for sm_90, run the GPU tests (make test-gpu: the cuda_* unit tests, then
-# under compute-sanitizer), write the reference-shape model with
-# moed-mkmodel and run `moed bench` on it with everything on the GPU.
+# for sm_90, write the reference-shape model with moed-mkmodel and run
+# `moed bench` on it with everything on the GPU, then the GPU tests (the
+# cuda_* unit tests, as make test-gpu does) and the same under
+# compute-sanitizer memcheck.
 # Logs go to $OUT; a short table is printed last.
 #
 #   device run: bash tools/gpu-test.sh        (carry: .deb; see ../shared/DEVICE.md)
-#   TESTS=0 skips the tests, BENCH=0 the benchmark; BENCH_ARGS adds flags.
+#   TESTS=0 skips the tests, BENCH=0 the benchmark; BENCH_ARGS adds flags;
+#   SAN_TESTS picks the tests run under memcheck (default cuda_), SAN_SECONDS bounds it.
 set -u -o pipefail
 OUT=${OUT:-/tmp/moed-out}
 mkdir -p "$OUT"
@@ -25,19 +27,33 @@ fi
 echo "built in $(( $(date +%s) - t0 )) s"
 bin/moed version | tee "$OUT/version.txt"
 status=0
-if [ "${TESTS:-1}" = 1 ]; then
-    echo "== make test-gpu"
-    if ! make DEPS="$DEPS" SHARED=.shared test-gpu >"$OUT/test-gpu.log" 2>&1; then status=1; fi
-    grep -vE '^ok ' "$OUT/test-gpu.log" | tail -80
-fi
+# the benchmark first (a few minutes of device time are precious), then the
+# tests, then the same under compute-sanitizer (bounded by SAN_SECONDS)
 if [ "${BENCH:-1}" = 1 ]; then
     echo "== reference shape"
     REF=/dev/shm/ref.gguf
     bin/moed-mkmodel --preset qwen3-30b-a3b -o "$REF" --threads "$J" 2>&1 | tail -3
     echo "== moed bench (GPU)"
     # shellcheck disable=SC2086
-    bin/moed bench -m "$REF" --gpu 0 -p 512 -n 64 -r 3 ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench-gpu.txt"
+    bin/moed bench -m "$REF" --gpu 0 -p 512,2048 -n 64 -r 3 ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench-gpu.txt"
     echo "== moed bench (GPU, no CUDA graph)"
-    bin/moed bench -m "$REF" --gpu 0 -p 512 -n 32 -r 2 --no-graph 2>&1 | tee "$OUT/bench-gpu-nograph.txt"
+    bin/moed bench -m "$REF" --gpu 0 -p 0 -n 32 -r 2 --no-graph 2>&1 | tail -4 | tee "$OUT/bench-gpu-nograph.txt"
+    rm -f "$REF"
+fi
+if [ "${TESTS:-1}" = 1 ]; then
+    echo "== GPU tests"
+    MOED_SHARED=.shared bin/moed-tests cuda_ gpu_slots >"$OUT/test-gpu.log" 2>&1 || status=1
+    grep -vE '^ok ' "$OUT/test-gpu.log" | tail -60
+    SAN=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null)
+    if [ -n "$SAN" ]; then
+        echo "== GPU tests under compute-sanitizer memcheck (at most ${SAN_SECONDS:=300} s)"
+        timeout "$SAN_SECONDS" "$SAN" --tool memcheck --leak-check full --error-exitcode 1 \
+            bin/moed-tests ${SAN_TESTS:-cuda_} >"$OUT/test-gpu-memcheck.log" 2>&1
+        rc=$?
+        [ $rc = 124 ] && echo "memcheck: stopped after $SAN_SECONDS s (tests so far below)"
+        [ $rc != 0 ] && [ $rc != 124 ] && status=1
+        grep -E '^(FAIL|unit:)|ERROR SUMMARY|LEAK SUMMARY|Invalid|bytes leaked' "$OUT/test-gpu-memcheck.log" | tail -20
+        grep -c '^ok ' "$OUT/test-gpu-memcheck.log" | sed 's/^/memcheck: tests passed: /'
+    fi
 fi
 exit $status
