@@ -47,7 +47,7 @@ if [ "${TESTS:-1}" = 1 ]; then
     SAN=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null)
     if [ -n "$SAN" ]; then
         echo "== GPU tests under compute-sanitizer memcheck (at most ${SAN_SECONDS:=300} s)"
-        timeout "$SAN_SECONDS" "$SAN" --tool memcheck --leak-check full --error-exitcode 1 \
+        timeout "$SAN_SECONDS" "$SAN" --tool memcheck --leak-check full --report-api-errors no --error-exitcode 1 \
             bin/moed-tests ${SAN_TESTS:-cuda_} >"$OUT/test-gpu-memcheck.log" 2>&1
         rc=$?
         [ $rc = 124 ] && echo "memcheck: stopped after $SAN_SECONDS s (tests so far below)"
