@@ -6,6 +6,7 @@
 // rounded to float, which is the correctly rounded expf: the probabilities
 // (and so the top-k order) then match the CPU's except in the rarest cases.
 #include "kernels/cuda/kc.h"
+#include "kernels/cuda/kc_launch.cuh"
 
 #include <cuda_runtime.h>
 #include <limits.h>
@@ -15,7 +16,6 @@
 
 #include <atomic>
 
-#define S(s) ((cudaStream_t)(s))
 
 #define MOE_MAX_EXPERT 1024
 #define MOE_MAX_K 32
@@ -24,61 +24,6 @@
 #define GROUP_THREADS (GROUP_WARPS * 32)
 #define GROUP_BATCH 8 // rounds of 32 pairs whose ids a warp loads at once
 
-static int launched(struct moed_err *e, const char *what)
-{
-    cudaError_t rc = cudaGetLastError();
-    if (rc == cudaSuccess)
-        return 0;
-    return moed_err_set(e, MOED_EIO, "CUDA %s launch: %s (%s)", what, cudaGetErrorString(rc),
-                        cudaGetErrorName(rc));
-}
-
-// As launched(), for a launch that returned lr.
-static int launched_rc(cudaError_t lr, struct moed_err *e, const char *what)
-{
-    if (lr == cudaSuccess)
-        return launched(e, what);
-    (void)cudaGetLastError();
-    return moed_err_set(e, MOED_EIO, "CUDA %s launch: %s (%s)", what, cudaGetErrorString(lr),
-                        cudaGetErrorName(lr));
-}
-
-// Programmatic dependent launch, as kc_attn.cu: launch_k sets the attribute
-// (unless MOED_KC_PDL=0), every CTA of the kernel starts with pdl_wait().
-static bool pdl_on(void)
-{
-    static std::atomic<int> v(-1);
-    int x = v.load();
-    if (x < 0) {
-        const char *s = getenv("MOED_KC_PDL");
-        x = s && s[0] == '0' ? 0 : 1;
-        v.store(x);
-    }
-    return x == 1;
-}
-
-template <typename... KA, typename... A>
-static cudaError_t launch_k(void (*k)(KA...), dim3 grid, dim3 block, size_t smem, kc_stream s,
-                            A... args)
-{
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = grid;
-    cfg.blockDim = block;
-    cfg.dynamicSmemBytes = smem;
-    cfg.stream = S(s);
-    cudaLaunchAttribute at[1];
-    at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    at[0].val.programmaticStreamSerializationAllowed = 1;
-    cfg.attrs = at;
-    cfg.numAttrs = pdl_on() ? 1 : 0;
-    return cudaLaunchKernelEx(&cfg, k, ((KA)args)...);
-}
-
-__device__ static inline void pdl_wait()
-{
-    asm volatile("griddepcontrol.wait;\n" ::: "memory");
-    asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
-}
 
 // ---- routing ----------------------------------------------------------------------
 

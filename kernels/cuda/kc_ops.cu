@@ -4,6 +4,7 @@
 // r = (float)(1 / sqrt(ss / n + eps)), out = (x * r) * w in float (products
 // rounded one by one, as the C code does without FMA contraction).
 #include "kernels/cuda/kc.h"
+#include "kernels/cuda/kc_launch.cuh"
 
 #include <cuda_runtime.h>
 #include <stdint.h>
@@ -11,63 +12,7 @@
 
 #include <atomic>
 
-#define S(s) ((cudaStream_t)(s))
 
-static int launched(struct moed_err *e, const char *what)
-{
-    cudaError_t rc = cudaGetLastError();
-    if (rc == cudaSuccess)
-        return 0;
-    return moed_err_set(e, MOED_EIO, "CUDA %s launch: %s (%s)", what, cudaGetErrorString(rc),
-                        cudaGetErrorName(rc));
-}
-
-// As launched(), for a launch that returned lr.
-static int launched_rc(cudaError_t lr, struct moed_err *e, const char *what)
-{
-    if (lr == cudaSuccess)
-        return launched(e, what);
-    (void)cudaGetLastError();
-    return moed_err_set(e, MOED_EIO, "CUDA %s launch: %s (%s)", what, cudaGetErrorString(lr),
-                        cudaGetErrorName(lr));
-}
-
-// Programmatic dependent launch, as kc_attn.cu: launch_k sets the attribute
-// (unless MOED_KC_PDL=0), every CTA of the kernel starts with pdl_wait().
-static bool pdl_on(void)
-{
-    static std::atomic<int> v(-1);
-    int x = v.load();
-    if (x < 0) {
-        const char *s = getenv("MOED_KC_PDL");
-        x = s && s[0] == '0' ? 0 : 1;
-        v.store(x);
-    }
-    return x == 1;
-}
-
-template <typename... KA, typename... A>
-static cudaError_t launch_k(void (*k)(KA...), dim3 grid, dim3 block, size_t smem, kc_stream s,
-                            A... args)
-{
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = grid;
-    cfg.blockDim = block;
-    cfg.dynamicSmemBytes = smem;
-    cfg.stream = S(s);
-    cudaLaunchAttribute at[1];
-    at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    at[0].val.programmaticStreamSerializationAllowed = 1;
-    cfg.attrs = at;
-    cfg.numAttrs = pdl_on() ? 1 : 0;
-    return cudaLaunchKernelEx(&cfg, k, ((KA)args)...);
-}
-
-__device__ static inline void pdl_wait()
-{
-    asm volatile("griddepcontrol.wait;\n" ::: "memory");
-    asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
-}
 
 // Sum of v over the block (NT threads, a multiple of 32); every thread gets it.
 template <int NT>

@@ -35,26 +35,6 @@
 #define N_DEC 8
 #define N_SEQ 2
 
-static int mk(const char *path, const char *const *args, struct moed_err *e)
-{
-    char *argv[64];
-    int argc = 0;
-    argv[argc++] = "moed-mkmodel";
-    argv[argc++] = "-o";
-    argv[argc++] = (char *)path;
-    argv[argc++] = "--quiet";
-    for (; *args && argc < 62; args++)
-        argv[argc++] = (char *)*args;
-    argv[argc] = NULL;
-    struct mkm_spec s;
-    memset(&s, 0, sizeof s);
-    int rc = mkm_parse_args(&s, argc, argv, stdout, e);
-    if (rc)
-        return rc;
-    struct mkm_stats st;
-    return mkm_write(&s, &st, e);
-}
-
 /* All logits of the run: the prompts' (P_LEN per sequence, sequence-major),
  * then N_DEC steps x N_SEQ.  Decode feeds fixed tokens so both paths see
  * the same history. */
@@ -198,7 +178,7 @@ TEST(cuda_model_vs_cpu)
         char path[512];
         snprintf(path, sizeof path, "%s/cuda-mid-%zu.gguf", test_tmp_dir(), c);
         struct moed_err e = {0};
-        int rc = mk(path, cfg[c], &e);
+        int rc = tiny_mkmodel(path, cfg[c], &e);
         CHECK_MSG(rc == 0, "mkmodel %s: %s", cfg[c][1], e.msg);
         if (rc)
             return;
@@ -282,7 +262,7 @@ TEST(cuda_model_errors)
     char path[512];
     snprintf(path, sizeof path, "%s/cuda-err.gguf", test_tmp_dir());
     struct moed_err e = {0};
-    REQUIRE(mk(path, (const char *const[]){"--preset", "tiny-olmoe", NULL}, &e) == 0);
+    REQUIRE(tiny_mkmodel(path, (const char *const[]){"--preset", "tiny-olmoe", NULL}, &e) == 0);
     struct model m;
     REQUIRE(model_open(&m, path, &e) == 0);
     struct fwd *f = NULL;

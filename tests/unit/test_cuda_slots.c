@@ -21,27 +21,8 @@
 #include "kernels/cpu/types.h"
 #include "model/model.h"
 #include "tests/unit/test_cuda.h"
+#include "tests/unit/test_forward_tiny.h"
 #include "tools/mkmodel.h"
-
-static int mk(const char *path, const char *const *args, struct moed_err *e)
-{
-    char *argv[64];
-    int argc = 0;
-    argv[argc++] = "moed-mkmodel";
-    argv[argc++] = "-o";
-    argv[argc++] = (char *)path;
-    argv[argc++] = "--quiet";
-    for (; *args && argc < 62; args++)
-        argv[argc++] = (char *)*args;
-    argv[argc] = NULL;
-    struct mkm_spec s;
-    memset(&s, 0, sizeof s);
-    int rc = mkm_parse_args(&s, argc, argv, stdout, e);
-    if (rc)
-        return rc;
-    struct mkm_stats st;
-    return mkm_write(&s, &st, e);
-}
 
 /* [0] k-quant experts whose matrices are multiples of 256 bytes; [1] Q8_0
  * experts of 16320-byte matrices, so every offset in a slot is padded. */
@@ -56,7 +37,7 @@ static bool open_config(int c, char *path, size_t pn, struct model *m)
 {
     snprintf(path, pn, "%s/slots-%d.gguf", test_tmp_dir(), c);
     struct moed_err e = {0};
-    int rc = mk(path, configs[c], &e);
+    int rc = tiny_mkmodel(path, configs[c], &e);
     CHECK_MSG(rc == 0, "mkmodel config %d: %s", c, e.msg);
     if (rc)
         return false;

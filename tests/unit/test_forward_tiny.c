@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "kernels/cpu/quant.h"
+#include "tools/mkmodel.h"
 
 struct tiny_spec tiny_default(enum model_arch arch, uint32_t wtype)
 {
@@ -224,3 +225,22 @@ int tiny_load_dequantized(const char *path, uint8_t **buf, struct gguf *g, struc
     return rc;
 }
 
+int tiny_mkmodel(const char *path, const char *const *args, struct moed_err *e)
+{
+    char *argv[64];
+    int argc = 0;
+    argv[argc++] = "moed-mkmodel";
+    argv[argc++] = "-o";
+    argv[argc++] = (char *)path;
+    argv[argc++] = "--quiet";
+    for (; *args && argc < 62; args++)
+        argv[argc++] = (char *)*args;
+    argv[argc] = NULL;
+    struct mkm_spec s;
+    memset(&s, 0, sizeof s);
+    int rc = mkm_parse_args(&s, argc, argv, stdout, e);
+    if (rc)
+        return rc;
+    struct mkm_stats st;
+    return mkm_write(&s, &st, e);
+}

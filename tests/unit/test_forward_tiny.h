@@ -46,4 +46,8 @@ int tiny_load(const struct tiny_spec *s, uint8_t **buf, struct gguf *g, struct m
 int tiny_load_dequantized(const char *path, uint8_t **buf, struct gguf *g, struct model *m,
                           struct moed_err *e);
 
+/* moed-mkmodel (its library) writing path, quietly, with the given
+ * arguments (NULL-terminated, e.g. "--preset", "tiny-olmoe", NULL). */
+int tiny_mkmodel(const char *path, const char *const *args, struct moed_err *e);
+
 #endif
