@@ -16,5 +16,6 @@ int cmd_check_config(int argc, char **argv);  /* moed check-config [FILE] [flags
 int cmd_config(int argc, char **argv);        /* moed config --help | --example */
 int cmd_cache_sim(int argc, char **argv);     /* moed cache-sim TRACE [...] */
 int cmd_topology(int argc, char **argv);      /* moed topology [--synthetic DESC] [--threads N] */
+int cmd_calibrate(int argc, char **argv);     /* moed calibrate -m FILE [--gpu N] | --show FILE */
 
 #endif

@@ -23,6 +23,7 @@ static const struct {
     {"check-config", cmd_check_config, "check-config [FILE] [...] check a configuration, print the effective one"},
     {"config", cmd_config, "config --help|--example   every option's help; the example moed.conf"},
     {"cache-sim", cmd_cache_sim, "cache-sim TRACE [...]     replay a routing trace through the expert cache policies"},
+    {"calibrate", cmd_calibrate, "calibrate -m FILE [...]   measure the hybrid engine's cost model (CPU, --gpu)"},
     {"topology", cmd_topology, "topology [...]            CPU packages, NUMA nodes, cores; worker placement"},
 };
 
