@@ -7,7 +7,7 @@
 # Logs go to $OUT; a short table is printed last.
 #
 #   device run: bash tools/gpu-test.sh        (carry: .deb; see ../shared/DEVICE.md)
-#   TESTS=0 skips the tests, BENCH=0 the benchmark; BENCH_ARGS adds flags;
+#   TESTS=0 skips the tests, BENCH=0 the benchmark, CALIB=0 moed calibrate; BENCH_ARGS adds flags;
 #   SAN_TESTS picks the tests run under memcheck (default cuda_), SAN_SECONDS bounds it.
 set -u -o pipefail
 OUT=${OUT:-/tmp/moed-out}
@@ -29,21 +29,31 @@ bin/moed version | tee "$OUT/version.txt"
 status=0
 # the benchmark first (a few minutes of device time are precious), then the
 # tests, then the same under compute-sanitizer (bounded by SAN_SECONDS)
-if [ "${BENCH:-1}" = 1 ]; then
+REF=/dev/shm/ref.gguf
+if [ "${BENCH:-1}" = 1 ] || [ "${CALIB:-1}" = 1 ]; then
     echo "== reference shape"
-    REF=/dev/shm/ref.gguf
     bin/moed-mkmodel --preset qwen3-30b-a3b -o "$REF" --threads "$J" 2>&1 | tail -3
+fi
+if [ "${CALIB:-1}" = 1 ]; then
+    echo "== moed calibrate (GPU 0, $J threads)"
+    timeout 180 bin/moed calibrate -m "$REF" --gpu 0 --threads "$J" -o "$OUT/cost-gpu0.txt" 2>&1 | tee "$OUT/calibrate.txt" | tail -40
+    bin/moed calibrate --show "$OUT/cost-gpu0.txt" 2>&1 | tail -20
+fi
+if [ "${BENCH:-1}" = 1 ]; then
     echo "== moed bench (GPU)"
     # shellcheck disable=SC2086
     bin/moed bench -m "$REF" --gpu 0 -p 512,2048 -n 64 -r 3 ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench-gpu.txt"
     echo "== moed bench (GPU, no CUDA graph)"
     bin/moed bench -m "$REF" --gpu 0 -p 0 -n 32 -r 2 --no-graph 2>&1 | tail -4 | tee "$OUT/bench-gpu-nograph.txt"
-    rm -f "$REF"
 fi
+rm -f "$REF"
 if [ "${TESTS:-1}" = 1 ]; then
     echo "== GPU tests"
     MOED_SHARED=.shared bin/moed-tests cuda_ gpu_slots >"$OUT/test-gpu.log" 2>&1 || status=1
     grep -vE '^ok ' "$OUT/test-gpu.log" | tail -60
+    echo "== the commands and the daemon on the GPU (tests/py/test_cli_gpu.py)"
+    python3 -m pytest -q -rs -p no:cacheprovider tests/py/test_cli_gpu.py >"$OUT/pytest-gpu.log" 2>&1 || status=1
+    tail -15 "$OUT/pytest-gpu.log"
     SAN=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null)
     if [ -n "$SAN" ]; then
         echo "== GPU tests under compute-sanitizer memcheck (at most ${SAN_SECONDS:=300} s)"
