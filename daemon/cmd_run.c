@@ -28,6 +28,7 @@
 #include "model/sample.h"
 #include "model/tok.h"
 #include "model/trace.h"
+#include "sched/predict.h"
 #include "sched/pool.h"
 
 static const char usage[] =
@@ -60,6 +61,9 @@ static const char usage[] =
     "  --routing-trace FILE      write every layer's routing (token, experts, weights) to FILE\n"
     "                            (format: model/trace.h; summary: tools/trace_summary.py);\n"
     "                            CPU only\n"
+    "  --predict-stats           measure how well each layer's router, applied to the layer\n"
+    "                            before's hidden rows, predicts its experts (vs the most-used\n"
+    "                            experts so far); printed on stderr at the end; CPU only\n"
     "  -h, --help                this text\n";
 
 static int parse_float(const char *flag, const char *s, float *out)
@@ -82,6 +86,7 @@ struct run_args {
     long gpu; /* --gpu: CUDA device, -1: the CPU */
     uint32_t kv_type;
     bool special, echo, seed_given, profile, no_graph;
+    bool predict_stats; /* --predict-stats */
     struct sample_params sp;
 };
 
@@ -113,6 +118,10 @@ static int parse_args(int argc, char **argv, struct run_args *a)
         }
         if (!strcmp(f, "--profile")) {
             a->profile = true;
+            continue;
+        }
+        if (!strcmp(f, "--predict-stats")) {
+            a->predict_stats = true;
             continue;
         }
         if (!strcmp(f, "--no-graph")) {
@@ -191,6 +200,11 @@ static int parse_args(int argc, char **argv, struct run_args *a)
                         "used with --gpu\n");
         return 2;
     }
+    if (a->predict_stats && a->gpu >= 0) {
+        fprintf(stderr, "moed run: --predict-stats wraps the CPU expert executor: it cannot be "
+                        "used with --gpu\n");
+        return 2;
+    }
     if (a->no_graph && a->gpu < 0) {
         fprintf(stderr, "moed run: --no-graph needs --gpu N\n");
         return 2;
@@ -220,6 +234,7 @@ struct run {
     float *logits;
     FILE *trace_f;       /* --routing-trace */
     struct trace *trace; /* wraps the CPU executor the fwd uses */
+    struct predict_stats *pstats; /* --predict-stats: wraps the trace or a CPU executor */
 };
 
 static void run_free(struct run *r)
@@ -232,6 +247,7 @@ static void run_free(struct run *r)
         sampler_free(&r->smp);
     kv_seq_free(&r->kv);
     fwd_free(r->fwd);
+    predict_stats_close(r->pstats);
     trace_close(r->trace, NULL);
     if (r->trace_f)
         fclose(r->trace_f);
@@ -409,6 +425,39 @@ static int open_trace(struct run *r, const struct run_args *a, int argc, char **
     return rc;
 }
 
+/* --predict-stats: the accuracy recorder (sched/predict.h) around the trace
+ * recorder when there is one, else around a CPU executor of its own. */
+static int open_pstats(struct run *r, const struct run_args *a, struct moed_err *e)
+{
+    if (!a->predict_stats)
+        return 0;
+    const struct model_hparams *hp = &r->m.hp;
+    struct moe_exec *inner = r->trace ? trace_exec(r->trace) : NULL;
+    if (!inner) {
+        struct moe_cpu_opts co = {.pool = r->pool,
+                                  .max_tok = (int32_t)a->batch,
+                                  .n_expert = hp->n_expert,
+                                  .n_used = hp->n_expert_used,
+                                  .n_embd = hp->n_embd,
+                                  .n_ff = hp->n_ff_exp};
+        int rc = moe_cpu_new(&inner, &co, e);
+        if (rc)
+            return rc;
+    }
+    struct predict_stats_opts po = {.inner = inner,
+                                    .own_inner = !r->trace,
+                                    .m = &r->m,
+                                    .max_tok = (int32_t)a->batch,
+                                    .ahead = 2};
+    int rc = predict_stats_open(&r->pstats, &po, e);
+    if (rc) {
+        if (!r->trace)
+            moe_exec_free(inner);
+        moed_err_wrap(e, "--predict-stats");
+    }
+    return rc;
+}
+
 /* Flush and close the trace; 0 or 1 (error printed). */
 static int close_trace(struct run *r, const struct run_args *a)
 {
@@ -480,14 +529,16 @@ int cmd_run(int argc, char **argv)
     if (a.batch > (long)r.ids.n)
         a.batch = (long)r.ids.n;
     if (sched_pool_init(&r.pool, &(struct sched_pool_opts){.nthreads = (int)a.threads}, &e) ||
-        open_trace(&r, &a, argc, argv, &e)) {
+        open_trace(&r, &a, argc, argv, &e) || open_pstats(&r, &a, &e)) {
         fprintf(stderr, "moed run: %s\n", e.msg);
         goto out;
     }
     if (fwd_init(&r.fwd, &r.m,
                  &(struct fwd_opts){.max_batch = (int32_t)a.batch,
                                     .pool = r.pool,
-                                    .exec = r.trace ? trace_exec(r.trace) : NULL,
+                                    .exec = r.pstats  ? predict_stats_exec(r.pstats)
+                                            : r.trace ? trace_exec(r.trace)
+                                                      : NULL,
                                     .gpu = a.gpu >= 0,
                                     .gpu_device = (int)a.gpu,
                                     .gpu_no_graph = a.no_graph},
@@ -533,6 +584,8 @@ int cmd_run(int argc, char **argv)
         fflush(stdout);
     }
     rc = generate(&r, &a);
+    if (r.pstats && !rc)
+        predict_stats_print(r.pstats, stderr, "moed run: predict ");
     if (close_trace(&r, &a))
         rc = 1;
 out:
