@@ -21,4 +21,15 @@ const char *test_gpu_unavailable(void);
         }                                                                   \
     } while (0)
 
+/* The grouping of kc.h (struct kc_moe_groups) built on the host, for the
+ * expert kernels' tests: pairs by expert, then token; tiles of at most
+ * `tile` pairs; unused tile entries poisoned.  pair_exp: each pair's expert. */
+struct grouping {
+    int n_pairs, n_tiles, max_tiles;
+    int32_t *pair_tok, *pair_of, *pair_exp, *tiles;
+};
+bool grouping_make(struct grouping *g, const int32_t *ids, int n_tok, int k, int n_expert,
+                   int tile);
+void grouping_free(struct grouping *g);
+
 #endif

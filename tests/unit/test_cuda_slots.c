@@ -136,63 +136,6 @@ TEST(gpu_slots_layout)
 
 /* ---- GPU ----------------------------------------------------------------------- */
 
-/* The grouping of kc.h, built on the host: pairs by expert, then token. */
-struct grouping {
-    int n_pairs, n_tiles, max_tiles;
-    int32_t *pair_tok, *pair_of, *tiles;
-};
-
-static void grouping_free(struct grouping *g)
-{
-    free(g->pair_tok);
-    free(g->pair_of);
-    free(g->tiles);
-    memset(g, 0, sizeof *g);
-}
-
-static bool grouping_make(struct grouping *g, const int32_t *ids, int n_tok, int k, int n_expert,
-                          int tile)
-{
-    memset(g, 0, sizeof *g);
-    g->n_pairs = n_tok * k;
-    g->max_tiles = kc_moe_max_tiles(n_tok, k, n_expert, tile);
-    g->pair_tok = malloc(sizeof(int32_t) * (size_t)g->n_pairs);
-    g->pair_of = malloc(sizeof(int32_t) * (size_t)g->n_pairs);
-    g->tiles = malloc(sizeof(int32_t) * 3 * (size_t)g->max_tiles);
-    if (!g->pair_tok || !g->pair_of || !g->tiles) {
-        grouping_free(g);
-        return false;
-    }
-    int i = 0, nt = 0;
-    for (int ex = 0; ex < n_expert; ex++) {
-        const int start = i;
-        for (int t = 0; t < n_tok; t++)
-            for (int j = 0; j < k; j++)
-                if (ids[t * k + j] == ex) {
-                    g->pair_tok[i] = t;
-                    g->pair_of[t * k + j] = i;
-                    i++;
-                }
-        for (int p = start; p < i; p += tile) {
-            if (nt == g->max_tiles) {
-                grouping_free(g);
-                return false;
-            }
-            g->tiles[3 * nt] = ex;
-            g->tiles[3 * nt + 1] = p;
-            g->tiles[3 * nt + 2] = i - p < tile ? i - p : tile;
-            nt++;
-        }
-    }
-    g->n_tiles = nt;
-    for (int x = nt; x < g->max_tiles; x++) { /* unused: must not be read */
-        g->tiles[3 * x] = 1 << 30;
-        g->tiles[3 * x + 1] = 1 << 30;
-        g->tiles[3 * x + 2] = 1 << 30;
-    }
-    return true;
-}
-
 static uint64_t rng_s = 0x9E3779B97F4A7C15ull;
 
 static uint64_t rnd(void) /* splitmix64 */
