@@ -33,6 +33,7 @@
 #include "kernels/cpu/quant.h"
 #include "model/fwd_gpu.h"
 #include "model/ops.h"
+#include "sched/hybrid.h"
 
 struct fwd {
     const struct model *m;
@@ -415,6 +416,11 @@ bool fwd_on_gpu(const struct fwd *f)
     return f->gpu != NULL;
 }
 
+struct hybrid *fwd_hybrid(const struct fwd *f)
+{
+    return f->gpu ? fwd_gpu_hybrid(f->gpu) : NULL;
+}
+
 int fwd_kv_init(const struct fwd *f, struct kv_seq *kv, int32_t n_ctx, uint32_t type,
                 struct moed_err *e)
 {
@@ -489,6 +495,13 @@ int fwd_init(struct fwd **out, const struct model *m, const struct fwd_opts *o, 
     if (o->gpu) {
         struct fwd_gpu_opts go = {
             .device = o->gpu_device, .max_batch = o->max_batch, .no_graph = o->gpu_no_graph};
+        struct hybrid_opts ho;
+        if (o->hybrid) {
+            ho = *o->hybrid;
+            if (!ho.pool)
+                ho.pool = o->pool;
+            go.hybrid = &ho;
+        }
         f->seq_list = malloc((size_t)o->max_batch * sizeof(int32_t));
         f->seq_next = malloc((size_t)o->max_batch * sizeof(int32_t));
         int rc = !f->seq_list || !f->seq_next ? moed_err_set(e, MOED_ENOMEM, "out of memory")

@@ -26,6 +26,9 @@
 #include "model/moe.h"
 #include "sched/pool.h"
 
+struct hybrid;
+struct hybrid_opts;
+
 struct fwd_opts {
     int32_t max_batch;       /* tokens per step */
     struct sched_pool *pool; /* NULL: the calling thread alone */
@@ -33,6 +36,9 @@ struct fwd_opts {
     bool gpu;                /* run everything on CUDA device gpu_device (model/fwd_gpu.h) */
     int gpu_device;
     bool gpu_no_graph;       /* GPU: never replay decode steps as CUDA graphs */
+    /* GPU: run the routed experts hybrid (sched/hybrid.h, copied; its pool
+     * defaults to pool above) when the budget does not hold them all */
+    const struct hybrid_opts *hybrid;
 };
 
 struct fwd;
@@ -41,6 +47,9 @@ int fwd_init(struct fwd **out, const struct model *m, const struct fwd_opts *o, 
 void fwd_free(struct fwd *f);
 /* True when f runs on the GPU. */
 bool fwd_on_gpu(const struct fwd *f);
+/* The hybrid expert executor of a GPU fwd (NULL: none, all experts on the
+ * GPU or the CPU path). */
+struct hybrid *fwd_hybrid(const struct fwd *f);
 /* A KV cache where f's steps can use it: host memory for the CPU path,
  * device memory for the GPU path (kv_seq_init / kv_seq_init_dev). */
 int fwd_kv_init(const struct fwd *f, struct kv_seq *kv, int32_t n_ctx, uint32_t type,

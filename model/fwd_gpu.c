@@ -23,6 +23,8 @@
 
 #include "kernels/cpu/types.h"
 #include "kernels/cuda/kc.h"
+#include "cache/gpu_slots.h"
+#include "sched/hybrid.h"
 
 struct gpu_layer {
     const float *attn_norm, *ffn_norm;
@@ -72,6 +74,7 @@ struct fwd_gpu {
     uint32_t kv_type_graph; /* 1 + the KV type the graphs were captured for; 0: none yet */
     kc_graph graph[FWD_GPU_GRAPH_MAX + 1];
     bool graph_failed;
+    struct hybrid *hy; /* set: experts run hybrid (sched/hybrid.h), not from wmem */
 };
 
 static size_t al(size_t n)
@@ -141,6 +144,7 @@ void fwd_gpu_free(struct fwd_gpu *g)
         return;
     for (int i = 0; i <= FWD_GPU_GRAPH_MAX; i++)
         kc_graph_free(g->graph[i]);
+    hybrid_free(g->hy);
     kc_free(g->wmem);
     kc_free(g->ptr_tables);
     kc_free(g->ws);
@@ -197,6 +201,11 @@ int fwd_gpu_new(struct fwd_gpu **out, const struct model *m, const struct fwd_gp
     g->max_batch = o->max_batch;
     g->no_graph = o->no_graph;
     struct upload *up = NULL;
+    /* hybrid: the experts stay in host memory and a slot pool; unless every
+     * expert gets a slot and the caller did not insist */
+    bool hybrid = o->hybrid &&
+                  (o->hybrid->force || hybrid_slots_for(m, o->hybrid) <
+                                           (int64_t)hp->n_layer * hp->n_expert);
     if ((rc = kc_set_device(o->device, e)))
         goto fail;
 
@@ -234,7 +243,7 @@ int fwd_gpu_new(struct fwd_gpu **out, const struct model *m, const struct fwd_gp
             L->ffn_norm,     L->router,     L->gate_exps, L->up_exps,  L->down_exps,
             L->gate_inp_shexp, L->gate_shexp, L->up_shexp, L->down_shexp};
         for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) {
-            if (!all[i])
+            if (!all[i] || (hybrid && i >= 12 && i <= 14))
                 continue;
             if (!is_vec(all[i]) && (rc = check_mat(all[i], e)))
                 goto fail;
@@ -270,7 +279,7 @@ int fwd_gpu_new(struct fwd_gpu **out, const struct model *m, const struct fwd_gp
     size_t nws = sizeof sizes / sizeof sizes[0], wsb = 0;
     for (size_t i = 0; i < nws; i++)
         wsb += al(sizes[i]);
-    size_t ptrb = (size_t)hp->n_layer * 3 * E * sizeof(void *);
+    size_t ptrb = hybrid ? 0 : (size_t)hp->n_layer * 3 * E * sizeof(void *);
 
     size_t mfree = 0, mtotal = 0;
     if ((rc = kc_mem_info(&mfree, &mtotal, e)))
@@ -287,7 +296,8 @@ int fwd_gpu_new(struct fwd_gpu **out, const struct model *m, const struct fwd_gp
     g->wbytes = total + ptrb;
     g->wsbytes = wsb;
     if ((rc = kc_stream_new(&g->st, e)) || (rc = kc_malloc(&g->wmem, total, e)) ||
-        (rc = kc_malloc((void **)&g->ptr_tables, ptrb, e)) || (rc = kc_malloc(&g->ws, wsb, e)) ||
+        (ptrb && (rc = kc_malloc((void **)&g->ptr_tables, ptrb, e))) ||
+        (rc = kc_malloc(&g->ws, wsb, e)) ||
         (rc = kc_host_alloc(&g->hin, g->in_bytes, e)) ||
         (rc = kc_host_alloc((void **)&g->hlogits, B * (size_t)hp->n_vocab * f4, e)))
         goto fail;
@@ -329,12 +339,12 @@ int fwd_gpu_new(struct fwd_gpu **out, const struct model *m, const struct fwd_gp
         for (int j = 0; j < 3; j++) {
             size_t rs = kern_row_size(xs[j]->type, xs[j]->ne[0]);
             size_t stride = rs * (size_t)xs[j]->ne[1];
-            for (size_t x = 0; x < E; x++)
+            for (size_t x = 0; x < E && !hybrid; x++)
                 tab[j * E + x] = (char *)g->wmem + OFF(xs[j]) + x * stride;
             if (xs[j]->type == KT_F32 || xs[j]->type == KT_F16)
                 g->expert_mma = false;
         }
-        void **dtab = g->ptr_tables + (size_t)il * 3 * E;
+        void **dtab = hybrid ? NULL : g->ptr_tables + (size_t)il * 3 * E;
         G->ex = (struct kc_experts){
             .type_gate = L->gate_exps->type,
             .type_up = L->up_exps->type,
@@ -343,8 +353,8 @@ int fwd_gpu_new(struct fwd_gpu **out, const struct model *m, const struct fwd_gp
             .row_up = kern_row_size(L->up_exps->type, L->up_exps->ne[0]),
             .row_down = kern_row_size(L->down_exps->type, L->down_exps->ne[0]),
             .gate = (const void *const *)dtab,
-            .up = (const void *const *)(dtab + E),
-            .down = (const void *const *)(dtab + 2 * E),
+            .up = dtab ? (const void *const *)(dtab + E) : NULL,
+            .down = dtab ? (const void *const *)(dtab + 2 * E) : NULL,
             .n_expert = hp->n_expert,
             .n_embd = hp->n_embd,
             .n_ff = hp->n_ff_exp};
@@ -361,7 +371,7 @@ int fwd_gpu_new(struct fwd_gpu **out, const struct model *m, const struct fwd_gp
         }
     }
 #undef OFF
-    rc = kc_h2d(g->ptr_tables, tables, ptrb, g->st, e);
+    rc = ptrb ? kc_h2d(g->ptr_tables, tables, ptrb, g->st, e) : 0;
     if (!rc)
         rc = kc_sync(g->st, e); /* tables (host) must outlive the copy */
     free(tables);
@@ -387,6 +397,23 @@ int fwd_gpu_new(struct fwd_gpu **out, const struct model *m, const struct fwd_gp
     g->hs.meta = (struct kc_tok *)(hp8 + 2 * al(B * 4));
     g->d.meta = (struct kc_tok *)(dp8 + 2 * al(B * 4));
     free(up);
+    up = NULL;
+    if (hybrid) {
+        /* the slot pool takes what the budget asks, within what is left */
+        struct hybrid_opts ho = *o->hybrid;
+        ho.max_batch = o->max_batch;
+        uint64_t sb = 0;
+        if ((rc = kc_mem_info(&mfree, &mtotal, e)) || (rc = gpu_slots_geometry(m, NULL, &sb, e)))
+            goto fail;
+        uint64_t room = mfree > (512u << 20) ? mfree - (512u << 20) : 0;
+        if ((uint64_t)hybrid_slots_for(m, &ho) * sb > room) {
+            ho.budget_frac = 0;
+            ho.budget_bytes = room;
+        }
+        if ((rc = hybrid_new(&g->hy, m, &ho, e)))
+            goto fail;
+        g->no_graph = true; /* every MoE layer returns to the host */
+    }
     *out = g;
     return 0;
 fail:
@@ -435,11 +462,19 @@ static int layer(struct fwd_gpu *g, int32_t il, int32_t n, bool decode, struct m
     int32_t max_tiles = kc_moe_max_tiles(n, K, E, tile);
     struct kc_moe_groups grp;
     kc_moe_groups_at(&grp, g->groups_ws, g->max_batch, K, E, tile);
-    if ((rc = kc_moe_route_group(st, g->rl, n, E, K, hp->norm_topk, g->ids, g->wts, tile, &grp,
-                                 e)) ||
-        (rc = kc_moe_gate_up(st, &G->ex, g->h, &grp, tile, max_tiles, g->act, e)) ||
-        (rc = kc_moe_down(st, &G->ex, g->act, &grp, tile, max_tiles, g->ypair, e)))
+    if (g->hy) {
+        struct hybrid_io io = {.layer = il, .n_tok = n, .tile = tile, .h = g->h, .ids = g->ids,
+                               .wts = g->wts, .groups_ws = g->groups_ws, .act = g->act,
+                               .ypair = g->ypair};
+        if ((rc = kc_moe_route(st, g->rl, n, E, K, hp->norm_topk, g->ids, g->wts, e)) ||
+            (rc = hybrid_moe(g->hy, st, &io, e)))
+            return rc;
+    } else if ((rc = kc_moe_route_group(st, g->rl, n, E, K, hp->norm_topk, g->ids, g->wts, tile,
+                                        &grp, e)) ||
+               (rc = kc_moe_gate_up(st, &G->ex, g->h, &grp, tile, max_tiles, g->act, e)) ||
+               (rc = kc_moe_down(st, &G->ex, g->act, &grp, tile, max_tiles, g->ypair, e))) {
         return rc;
+    }
     if (G->shexp) {
         int64_t sf = hp->n_ff_shexp;
         if ((rc = kc_matmul(st, &G->gate_sh, g->h, n, g->sh_g, NULL, false, e)) ||
@@ -457,6 +492,8 @@ static int enqueue(struct fwd_gpu *g, int32_t n, int32_t n_out, bool decode, str
 {
     const struct model_hparams *hp = &g->m->hp;
     int rc;
+    if (g->hy)
+        hybrid_step_begin(g->hy);
     if ((rc = kc_embed(g->st, &g->embd, g->d.tok, n, g->x, e)))
         return rc;
     for (int32_t il = 0; il < hp->n_layer; il++)
@@ -524,4 +561,9 @@ int fwd_gpu_step(struct fwd_gpu *g, const struct fwd_batch *b, struct kv_seq *co
     if (n_out)
         memcpy(logits, g->hlogits, lb);
     return 0;
+}
+
+struct hybrid *fwd_gpu_hybrid(const struct fwd_gpu *g)
+{
+    return g->hy;
 }

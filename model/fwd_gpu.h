@@ -25,11 +25,17 @@
 #define FWD_GPU_GRAPH_MAX 64
 
 struct fwd_gpu;
+struct hybrid;
+struct hybrid_opts;
 
 struct fwd_gpu_opts {
     int device;
     int32_t max_batch;
     bool no_graph; /* never capture graphs (ablation, debugging) */
+    /* set: the routed experts run hybrid (sched/hybrid.h) unless the budget
+     * gives every expert a slot (then all on the GPU; hybrid->force: hybrid
+     * anyway).  The slot pool is clipped to the memory left after the rest. */
+    const struct hybrid_opts *hybrid;
 };
 
 /* Uploads the model; fails with MOED_ENOMEM (naming both sizes) when it does
@@ -42,6 +48,8 @@ void fwd_gpu_free(struct fwd_gpu *g);
  * every token belongs to a different sequence. */
 int fwd_gpu_step(struct fwd_gpu *g, const struct fwd_batch *b, struct kv_seq *const *seqs,
                  bool decode, float *logits, struct moed_err *e);
+/* The hybrid executor, or NULL when every expert lives on the GPU. */
+struct hybrid *fwd_gpu_hybrid(const struct fwd_gpu *g);
 /* Device bytes held: weights, workspaces (KV caches not included). */
 uint64_t fwd_gpu_bytes(const struct fwd_gpu *g);
 /* Bytes of weights one token reads in decode (dense weights, the n_used

@@ -100,4 +100,23 @@ struct moe_cpu_opts {
 
 int moe_cpu_new(struct moe_exec **out, const struct moe_cpu_opts *o, struct moed_err *e);
 
+/*
+ * Part of a layer on the CPU executor's pool, for an executor that splits a
+ * layer (sched/hybrid.h): rows already grouped by expert, group i being
+ * rows first .. first + n - 1 of expert `expert` (groups in row order, each
+ * run of rows right after the last), row r reading token row_tok[r] of xin
+ * ([n_tok][n_embd]); writes each row's unweighted output
+ *     y[r] = down_e(silu(gate_e xin[row_tok[r]]) * up_e xin[row_tok[r]])
+ * (stride n_embd), with the numerics of the executor's run.  ex must come
+ * from moe_cpu_new; n_rows <= max_tok * n_used.  MOED_EINVAL names a bad
+ * group or row.
+ */
+struct moe_rows_group {
+    int32_t expert, first, n;
+};
+int moe_cpu_rows(struct moe_exec *ex, const struct moe_experts *x, const float *xin,
+                 int32_t n_tok, const int32_t *row_tok, int32_t n_rows,
+                 const struct moe_rows_group *groups, int32_t n_groups, float *y,
+                 struct moed_err *e);
+
 #endif

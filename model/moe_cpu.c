@@ -32,6 +32,7 @@ struct moe_cpu {
     int32_t *start;         /* [cap_expert + 1] first row of each expert */
     int32_t *fill;          /* [cap_expert] rows placed so far (during the sort) */
     int32_t *active;        /* [cap_expert] experts with rows, in expert order */
+    struct moe_rows_group *groups; /* [cap_expert] the run's groups */
     int32_t *row_of;        /* [max_rows] row of each (token, slot) */
     struct kern_matmul *mm; /* [2 * cap_expert] */
     void *xg;               /* [max_rows] activation rows for gate/up */
@@ -48,6 +49,8 @@ struct moe_run {
     size_t xrs, hrs; /* bytes per row of xg, hq */
     uint32_t xtype, htype;
     int32_t n_active;
+    int32_t n_rows;
+    const int32_t *row_tok; /* moe_cpu_rows: the token of each row (else NULL) */
     int32_t n_mm; /* matmuls in c->mm for phase_matmuls */
 };
 
@@ -68,6 +71,19 @@ static void phase_gather(void *arg, int ith, int nth)
     }
 }
 
+/* moe_cpu_rows: each row quantizes its token's x (a token shared by rows
+ * is quantized once per row; the rows API serves the few rows of a split layer). */
+static void phase_gather_rows(void *arg, int ith, int nth)
+{
+    struct moe_run *r = arg;
+    kern_quant_row_fn q = kern_quant_act_get(r->xtype, kern_isa_active());
+    int64_t n_embd = r->x->n_embd;
+    int32_t r0 = (int32_t)((int64_t)r->n_rows * ith / nth);
+    int32_t r1 = (int32_t)((int64_t)r->n_rows * (ith + 1) / nth);
+    for (int32_t i = r0; i < r1; i++)
+        q(r->w->x + (size_t)r->row_tok[i] * n_embd, (char *)r->c->xg + (size_t)i * r->xrs, n_embd);
+}
+
 static void phase_matmuls(void *arg, int ith, int nth)
 {
     struct moe_run *r = arg;
@@ -78,7 +94,7 @@ static void phase_matmuls(void *arg, int ith, int nth)
 static void phase_swiglu(void *arg, int ith, int nth)
 {
     struct moe_run *r = arg;
-    int64_t rows = (int64_t)r->w->n_tok * r->w->n_used, n_ff = r->x->n_ff;
+    int64_t rows = r->n_rows, n_ff = r->x->n_ff;
     kern_quant_row_fn q = kern_quant_act_get(r->htype, kern_isa_active());
     for (int64_t i = rows * ith / nth; i < rows * (ith + 1) / nth; i++) {
         float *g = r->c->g + i * n_ff;
@@ -124,10 +140,72 @@ static int grow_experts(struct moe_cpu *c, int32_t n_expert, struct moed_err *e)
     struct kern_matmul *mm = realloc(c->mm, sizeof *mm * 2 * (size_t)n_expert);
     if (mm)
         c->mm = mm;
-    if (!start || !fill || !active || !mm)
+    struct moe_rows_group *groups = realloc(c->groups, sizeof *groups * (size_t)n_expert);
+    if (groups)
+        c->groups = groups;
+    if (!start || !fill || !active || !mm || !groups)
         return moed_err_set(e, MOED_ENOMEM, "moe_cpu: out of memory for %d experts", n_expert);
     c->cap_expert = n_expert;
     return 0;
+}
+
+/*
+ * Steps 1-4 over groups of rows: gate/up of each group's expert over its
+ * rows, SwiGLU, down into y[row] (row stride n_embd).  r->w, r->x, r->n_rows
+ * set; r->row_tok selects the per-row gather (else the token gather of
+ * moe_cpu_run through c->row_of).
+ */
+static void phases(struct moe_cpu *c, struct moe_run *r, const struct moe_rows_group *groups,
+                   int32_t n_groups, float *y)
+{
+    const struct moe_experts *x = r->x;
+    r->xtype = (uint32_t)kern_vec_dot_type(x->gate.type);
+    r->htype = (uint32_t)kern_vec_dot_type(x->down.type);
+    r->xrs = kern_row_size(r->xtype, x->n_embd);
+    r->hrs = kern_row_size(r->htype, x->n_ff);
+
+    ops_par(c->o.pool, r->row_tok ? phase_gather_rows : phase_gather, r);
+
+    for (int32_t i = 0; i < n_groups; i++) {
+        int32_t id = groups[i].expert, r0 = groups[i].first, nt = groups[i].n;
+        for (int k = 0; k < 2; k++) {
+            const struct moe_mat *m = k ? &x->up : &x->gate;
+            c->mm[2 * i + k] = (struct kern_matmul){
+                .wtype = m->type,
+                .n = x->n_embd,
+                .rows = x->n_ff,
+                .w = m->data + (size_t)id * m->expert_stride,
+                .w_stride = m->row_size,
+                .ntok = nt,
+                .act = (const char *)c->xg + (size_t)r0 * r->xrs,
+                .a_stride = r->xrs,
+                .out = (k ? c->u : c->g) + (size_t)r0 * x->n_ff,
+                .out_stride = x->n_ff,
+            };
+        }
+    }
+    r->n_mm = 2 * n_groups;
+    ops_par(c->o.pool, phase_matmuls, r);
+    ops_par(c->o.pool, phase_swiglu, r);
+
+    /* down: one matmul per group */
+    for (int32_t i = 0; i < n_groups; i++) {
+        int32_t id = groups[i].expert, r0 = groups[i].first, nt = groups[i].n;
+        c->mm[i] = (struct kern_matmul){
+            .wtype = x->down.type,
+            .n = x->n_ff,
+            .rows = x->n_embd,
+            .w = x->down.data + (size_t)id * x->down.expert_stride,
+            .w_stride = x->down.row_size,
+            .ntok = nt,
+            .act = (const char *)c->hq + (size_t)r0 * r->hrs,
+            .a_stride = r->hrs,
+            .out = y + (size_t)r0 * x->n_embd,
+            .out_stride = x->n_embd,
+        };
+    }
+    r->n_mm = n_groups;
+    ops_par(c->o.pool, phase_matmuls, r);
 }
 
 static int moe_cpu_run(struct moe_exec *ex, const struct moe_work *w, struct moed_err *e)
@@ -171,54 +249,58 @@ static int moe_cpu_run(struct moe_exec *ex, const struct moe_work *w, struct moe
         c->row_of[s] = c->start[id] + c->fill[id]++;
     }
 
-    r.xtype = (uint32_t)kern_vec_dot_type(x->gate.type);
-    r.htype = (uint32_t)kern_vec_dot_type(x->down.type);
-    r.xrs = kern_row_size(r.xtype, x->n_embd);
-    r.hrs = kern_row_size(r.htype, x->n_ff);
-
-    ops_par(c->o.pool, phase_gather, &r);
-
     for (int32_t i = 0; i < r.n_active; i++) {
-        int32_t id = c->active[i], r0 = c->start[id], nt = c->start[id + 1] - r0;
-        for (int k = 0; k < 2; k++) {
-            const struct moe_mat *m = k ? &x->up : &x->gate;
-            c->mm[2 * i + k] = (struct kern_matmul){
-                .wtype = m->type,
-                .n = x->n_embd,
-                .rows = x->n_ff,
-                .w = m->data + (size_t)id * m->expert_stride,
-                .w_stride = m->row_size,
-                .ntok = nt,
-                .act = (const char *)c->xg + (size_t)r0 * r.xrs,
-                .a_stride = r.xrs,
-                .out = (k ? c->u : c->g) + (size_t)r0 * x->n_ff,
-                .out_stride = x->n_ff,
-            };
-        }
+        int32_t id = c->active[i];
+        c->groups[i] = (struct moe_rows_group){
+            .expert = id, .first = c->start[id], .n = c->start[id + 1] - c->start[id]};
     }
-    r.n_mm = 2 * r.n_active;
-    ops_par(c->o.pool, phase_matmuls, &r);
-    ops_par(c->o.pool, phase_swiglu, &r);
-
-    /* down: one matmul per active expert */
-    for (int32_t i = 0; i < r.n_active; i++) {
-        int32_t id = c->active[i], r0 = c->start[id], nt = c->start[id + 1] - r0;
-        c->mm[i] = (struct kern_matmul){
-            .wtype = x->down.type,
-            .n = x->n_ff,
-            .rows = x->n_embd,
-            .w = x->down.data + (size_t)id * x->down.expert_stride,
-            .w_stride = x->down.row_size,
-            .ntok = nt,
-            .act = (const char *)c->hq + (size_t)r0 * r.hrs,
-            .a_stride = r.hrs,
-            .out = c->y + (size_t)r0 * x->n_embd,
-            .out_stride = x->n_embd,
-        };
-    }
-    r.n_mm = r.n_active;
-    ops_par(c->o.pool, phase_matmuls, &r);
+    r.n_rows = n_rows;
+    phases(c, &r, c->groups, r.n_active, c->y);
     ops_par(c->o.pool, phase_combine, &r);
+    return 0;
+}
+
+int moe_cpu_rows(struct moe_exec *ex, const struct moe_experts *x, const float *xin,
+                 int32_t n_tok, const int32_t *row_tok, int32_t n_rows,
+                 const struct moe_rows_group *groups, int32_t n_groups, float *y,
+                 struct moed_err *e)
+{
+    struct moe_cpu *c = (struct moe_cpu *)ex;
+    if (ex->run != moe_cpu_run)
+        return moed_err_set(e, MOED_EINVAL, "moe_cpu_rows: executor '%s' is not the CPU's",
+                            ex->name);
+    if (n_rows < 0 || n_rows > c->o.max_tok * c->o.n_used || n_tok < 0 ||
+        x->n_embd > c->o.n_embd || x->n_ff > c->o.n_ff || n_groups < 0)
+        return moed_err_set(e, MOED_EINVAL,
+                            "moe_cpu_rows: layer %d: %d rows of %d x %d exceed the executor's "
+                            "%d x %d of %d x %d",
+                            x->layer, n_rows, x->n_embd, x->n_ff, c->o.max_tok, c->o.n_used,
+                            c->o.n_embd, c->o.n_ff);
+    if (n_rows == 0)
+        return 0;
+    int rc = grow_experts(c, n_groups > x->n_expert ? n_groups : x->n_expert, e);
+    if (rc)
+        return rc;
+    int32_t next = 0;
+    for (int32_t i = 0; i < n_groups; i++) {
+        const struct moe_rows_group *g = &groups[i];
+        if (g->expert < 0 || g->expert >= x->n_expert || g->first != next || g->n < 1)
+            return moed_err_set(e, MOED_EINVAL,
+                                "moe_cpu_rows: layer %d: group %d (expert %d, rows %d+%d) is "
+                                "not the next run of rows %d..",
+                                x->layer, i, g->expert, g->first, g->n, next);
+        next += g->n;
+    }
+    if (next != n_rows)
+        return moed_err_set(e, MOED_EINVAL, "moe_cpu_rows: groups cover %d of %d rows", next,
+                            n_rows);
+    for (int32_t i = 0; i < n_rows; i++)
+        if (row_tok[i] < 0 || row_tok[i] >= n_tok)
+            return moed_err_set(e, MOED_EINVAL, "moe_cpu_rows: row %d: token %d of %d", i,
+                                row_tok[i], n_tok);
+    struct moe_work w = {.experts = x, .n_tok = n_tok, .x = xin};
+    struct moe_run r = {.c = c, .w = &w, .x = x, .n_rows = n_rows, .row_tok = row_tok};
+    phases(c, &r, groups, n_groups, y);
     return 0;
 }
 
@@ -230,6 +312,7 @@ static void moe_cpu_free(struct moe_exec *ex)
     free(c->active);
     free(c->row_of);
     free(c->mm);
+    free(c->groups);
     free(c->xg);
     free(c->g);
     free(c->u);

@@ -112,6 +112,22 @@ static void lower_into(char *dst, size_t n, const char *src)
     dst[l] = 0;
 }
 
+void calib_type_name(uint32_t tg, uint32_t tu, uint32_t td, char *out, size_t n)
+{
+    if (!n)
+        return;
+    out[0] = 0;
+    lower_into(out, n, kern_type_name(tg));
+    if (tu != tg) {
+        lower_into(out, n, "_");
+        lower_into(out, n, kern_type_name(tu));
+    }
+    if (td != tu) {
+        lower_into(out, n, "_");
+        lower_into(out, n, kern_type_name(td));
+    }
+}
+
 static int find_triple(const struct calib_result *r, uint32_t tg, uint32_t tu, uint32_t td)
 {
     for (int i = 0; i < r->ntypes; i++)
@@ -156,15 +172,7 @@ int calib_types(const struct model *m, struct calib_result *r, struct moed_err *
             ty->tu = tu;
             ty->td = td;
             ty->bytes = b[0] + b[1] + b[2];
-            lower_into(ty->name, sizeof ty->name, kern_type_name(tg));
-            if (tu != tg) {
-                lower_into(ty->name, sizeof ty->name, "_");
-                lower_into(ty->name, sizeof ty->name, kern_type_name(tu));
-            }
-            if (td != tu) {
-                lower_into(ty->name, sizeof ty->name, "_");
-                lower_into(ty->name, sizeof ty->name, kern_type_name(td));
-            }
+            calib_type_name(tg, tu, td, ty->name, sizeof ty->name);
         }
         r->type[t].n_layer++;
     }

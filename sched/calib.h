@@ -149,4 +149,8 @@ void calib_print(const struct calib_result *r, FILE *f);
 /* A cost model as a readable table (moed calibrate --show). */
 void calib_print_cost(const struct sched_cost *c, FILE *f);
 
+/* The cost-model name of an expert type triple (gate, up, down): "q4_k",
+ * or "q4_k_q6_k" when down differs, ... (what calibration writes). */
+void calib_type_name(uint32_t tg, uint32_t tu, uint32_t td, char *out, size_t n);
+
 #endif

@@ -14,7 +14,35 @@ struct predictor {
     float *router; /* [n_layer][n_expert][n_embd] */
     float *probs;  /* [n_expert] scratch */
     float *topv;   /* [k] scratch */
+    float *logits; /* [max_tok][n_expert] */
+    struct sched_pool *pool;
 };
+
+void predict_set_pool(struct predictor *p, struct sched_pool *pool)
+{
+    p->pool = pool;
+}
+
+/* The router logits of every (token, expert): the same sums as one thread. */
+struct logits_job {
+    const struct predictor *p;
+    const float *W, *x;
+    int32_t n_tok;
+};
+
+static void logits_part(void *arg, int ith, int nth)
+{
+    const struct logits_job *j = arg;
+    int32_t E = j->p->n_expert, d = j->p->n_embd;
+    int64_t all = (int64_t)j->n_tok * E;
+    for (int64_t r = all * ith / nth; r < all * (ith + 1) / nth; r++) {
+        const float *w = j->W + (size_t)(r % E) * d, *h = j->x + (size_t)(r / E) * d;
+        float s = 0;
+        for (int32_t c = 0; c < d; c++)
+            s += w[c] * h[c];
+        j->p->logits[r] = s;
+    }
+}
 
 int predict_new(struct predictor **out, const struct model *m, int32_t max_tok,
                 struct moed_err *e)
@@ -36,7 +64,8 @@ int predict_new(struct predictor **out, const struct model *m, int32_t max_tok,
     p->router = malloc(sizeof(float) * per * (size_t)hp->n_layer);
     p->probs = malloc(sizeof(float) * (size_t)hp->n_expert);
     p->topv = malloc(sizeof(float) * (size_t)p->k);
-    if (!p->router || !p->probs || !p->topv) {
+    p->logits = malloc(sizeof(float) * (size_t)hp->n_expert * (size_t)max_tok);
+    if (!p->router || !p->probs || !p->topv || !p->logits) {
         predict_free(p);
         return moed_err_set(e, MOED_ENOMEM, "predict: out of memory");
     }
@@ -71,6 +100,7 @@ void predict_free(struct predictor *p)
     free(p->router);
     free(p->probs);
     free(p->topv);
+    free(p->logits);
     free(p);
 }
 
@@ -115,15 +145,10 @@ int predict_run(struct predictor *p, int32_t layer, const float *x, int32_t n_to
         r->mass[i] = 0;
         r->p_used[i] = 1; /* prod_t (1 - q_t(e)) until the end */
     }
+    struct logits_job job = {.p = p, .W = W, .x = x, .n_tok = n_tok};
+    ops_par(p->pool, logits_part, &job);
     for (int32_t t = 0; t < n_tok; t++) {
-        const float *h = x + (size_t)t * d;
-        for (int32_t i = 0; i < E; i++) {
-            const float *w = W + (size_t)i * d;
-            float s = 0;
-            for (int32_t j = 0; j < d; j++)
-                s += w[j] * h[j];
-            p->probs[i] = s;
-        }
+        memcpy(p->probs, p->logits + (size_t)t * E, sizeof(float) * (size_t)E);
         ops_softmax(p->probs, E);
         int32_t *ids = r->ids + (size_t)t * k;
         ops_topk(p->probs, E, k, ids, p->topv);

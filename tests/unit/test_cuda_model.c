@@ -31,124 +31,15 @@
 #include "tests/unit/test_forward_tiny.h"
 #include "tools/mkmodel.h"
 
-#define P_LEN 40
-#define N_DEC 8
-#define N_SEQ 2
+#define P_LEN CM_P_LEN
+#define N_DEC CM_N_DEC
+#define N_SEQ CM_N_SEQ
 
-/* All logits of the run: the prompts' (P_LEN per sequence, sequence-major),
- * then N_DEC steps x N_SEQ.  Decode feeds fixed tokens so both paths see
- * the same history. */
 static int run(const struct model *m, bool gpu, bool no_graph, bool stepwise, float *out,
                struct moed_err *e)
 {
-    int V = m->hp.n_vocab, rc;
-    struct fwd *f = NULL;
-    struct kv_seq kv[N_SEQ];
-    memset(kv, 0, sizeof kv);
-    struct kv_seq *kvp[N_SEQ] = {&kv[0], &kv[1]};
-    if ((rc = fwd_init(&f, m,
-                       &(struct fwd_opts){.max_batch = N_SEQ * P_LEN, .gpu = gpu,
-                                          .gpu_no_graph = no_graph},
-                       e)))
-        return rc;
-    for (int s = 0; s < N_SEQ; s++)
-        if ((rc = fwd_kv_init(f, &kv[s], P_LEN + N_DEC, KT_F32, e)))
-            goto out;
-    int32_t tok[N_SEQ * P_LEN], pos[N_SEQ * P_LEN], seq[N_SEQ * P_LEN];
-    bool want[N_SEQ * P_LEN];
-    for (int s = 0; s < N_SEQ; s++)
-        for (int p = 0; p < P_LEN; p++) {
-            int i = s * P_LEN + p;
-            tok[i] = (int32_t)((uint32_t)(i * 2654435761u + 17u) % (uint32_t)V);
-            pos[i] = p;
-            seq[i] = s;
-            want[i] = true;
-        }
-    if (stepwise) { /* one token of each sequence per step; logits kept sequence-major */
-        float *tmp = malloc((size_t)N_SEQ * V * sizeof(float));
-        for (int p = 0; p < P_LEN && !rc; p++) {
-            int32_t t2[N_SEQ], p2[N_SEQ], s2[N_SEQ];
-            bool w2[N_SEQ];
-            for (int s = 0; s < N_SEQ; s++) {
-                t2[s] = tok[s * P_LEN + p];
-                p2[s] = p;
-                s2[s] = s;
-                w2[s] = true;
-            }
-            struct fwd_batch b1 = {N_SEQ, t2, p2, s2, w2};
-            rc = fwd_step(f, &b1, kvp, N_SEQ, tmp, e);
-            for (int s = 0; s < N_SEQ && !rc; s++)
-                memcpy(out + ((size_t)s * P_LEN + p) * V, tmp + (size_t)s * V,
-                       (size_t)V * sizeof(float));
-        }
-        free(tmp);
-        if (rc)
-            goto out;
-    } else {
-        struct fwd_batch b = {N_SEQ * P_LEN, tok, pos, seq, want};
-        if ((rc = fwd_step(f, &b, kvp, N_SEQ, out, e)))
-            goto out;
-    }
-    out += (size_t)N_SEQ * P_LEN * V;
-    for (int step = 0; step < N_DEC; step++) {
-        for (int s = 0; s < N_SEQ; s++) {
-            tok[s] = (int32_t)((uint32_t)((step + 1) * 40503u + s * 977u) % (uint32_t)V);
-            pos[s] = P_LEN + step;
-            seq[s] = s;
-            want[s] = true;
-        }
-        struct fwd_batch bd = {N_SEQ, tok, pos, seq, want};
-        if ((rc = fwd_step(f, &bd, kvp, N_SEQ, out, e)))
-            goto out;
-        out += (size_t)N_SEQ * V;
-    }
-out:
-    for (int s = 0; s < N_SEQ; s++)
-        kv_seq_free(&kv[s]);
-    fwd_free(f);
-    return rc;
-}
-
-static int argmax2(const float *x, int n, float *margin)
-{
-    int b = 0, c = -1;
-    for (int i = 1; i < n; i++)
-        if (x[i] > x[b])
-            b = i;
-    for (int i = 0; i < n; i++)
-        if (i != b && (c < 0 || x[i] > x[c]))
-            c = i;
-    *margin = c < 0 ? 0 : x[b] - x[c];
-    return b;
-}
-
-static double rel_rms(const float *a, const float *ref, size_t n)
-{
-    double d2 = 0, l2 = 0;
-    for (size_t i = 0; i < n; i++) {
-        double d = (double)a[i] - ref[i];
-        d2 += d * d;
-        l2 += (double)ref[i] * ref[i];
-    }
-    return sqrt(d2 / fmax(l2, 1e-30));
-}
-
-static double logit_range(const float *x, size_t n)
-{
-    float lo = INFINITY, hi = -INFINITY;
-    for (size_t i = 0; i < n; i++) {
-        lo = fminf(lo, x[i]);
-        hi = fmaxf(hi, x[i]);
-    }
-    return (double)hi - lo;
-}
-
-static const char *arg_after(const char *const *args, const char *flag)
-{
-    for (; *args && args[1]; args++)
-        if (!strcmp(*args, flag))
-            return args[1];
-    return "?";
+    return cuda_model_run(m, &(struct fwd_opts){.gpu = gpu, .gpu_no_graph = no_graph}, stepwise,
+                          out, NULL, e);
 }
 
 TEST(cuda_model_vs_cpu)
@@ -213,14 +104,14 @@ TEST(cuda_model_vs_cpu)
             CHECK_MSG(rc == 0, "%s %s: %s", cfg[c][1], what[i], e.msg);
         }
         if (!rc) {
-            double step_rel = rel_rms(L[1], L[0], n_rows * V);
-            double cpu_rel = rel_rms(L[3], L[2], n_rows * V);
-            double gpu_rel = rel_rms(L[4], L[2], n_rows * V);
+            double step_rel = cm_rel_rms(L[1], L[0], n_rows * V);
+            double cpu_rel = cm_rel_rms(L[3], L[2], n_rows * V);
+            double gpu_rel = cm_rel_rms(L[4], L[2], n_rows * V);
             int checked = 0, bad = 0;
-            double range = logit_range(L[2], n_rows * V);
+            double range = cm_logit_range(L[2], n_rows * V);
             for (size_t r = 0; r < n_rows; r++) {
                 float mo, mg;
-                int to = argmax2(L[2] + r * V, V, &mo), tg = argmax2(L[4] + r * V, V, &mg);
+                int to = cm_argmax2(L[2] + r * V, V, &mo), tg = cm_argmax2(L[4] + r * V, V, &mg);
                 if (mo > 0.1 * range) {
                     checked++;
                     bad += to != tg;
@@ -230,8 +121,8 @@ TEST(cuda_model_vs_cpu)
                     "    %s (experts %s, attn %s, output %s): vs exact math: GPU stepwise %.2e, "
                     "GPU prefill %.3g, CPU prefill %.3g (relative rms); top-1 %d/%d on clear "
                     "margins\n",
-                    cfg[c][1], arg_after(cfg[c], "--type-experts"),
-                    arg_after(cfg[c], "--type-attn"), arg_after(cfg[c], "--type-output"),
+                    cfg[c][1], cm_arg_after(cfg[c], "--type-experts"),
+                    cm_arg_after(cfg[c], "--type-attn"), cm_arg_after(cfg[c], "--type-output"),
                     step_rel, gpu_rel, cpu_rel, checked - bad, checked);
             CHECK_MSG(step_rel <= 1e-4, "%s: GPU stepwise vs exact math: relative rms %.3g",
                       cfg[c][1], step_rel);
