@@ -17,10 +17,17 @@
  * start and emptied (kv_seq_truncate) before each run; nothing is allocated
  * per step.
  *
+ * With --gpu and --expert-budget the routed experts run hybrid
+ * (sched/hybrid.h): a budget of GPU slots, the other experts on CPU workers
+ * (-t, default one pinned per physical core); the executor's counters are
+ * reset after each test's warm-up, so each test's hybrid line covers its
+ * timed runs only.
+ *
  * stdout: the Markdown table, then per tg test the weight bytes one decode
  * token reads (fwd_gpu_decode_bytes: dense weights, the used experts of
- * every layer, the output matrix) and the bandwidth that makes, and the
- * backend's details.  stderr: the set-up and one line per test as it ends.
+ * every layer, the output matrix) and the bandwidth that makes, per test the
+ * hybrid line (cli_hybrid_print) when hybrid, and the backend's details.
+ * stderr: the set-up and one line per test as it ends.
  * Exit status 0, 1 for a runtime error (one line), 2 for a usage error.
  */
 #include <errno.h>
@@ -40,6 +47,7 @@
 #include "model/fwd_gpu.h"
 #include "model/kv.h"
 #include "model/model.h"
+#include "sched/hybrid.h"
 #include "sched/pool.h"
 
 static const char usage[] =
@@ -49,6 +57,8 @@ static const char usage[] =
     "cache in steps of --batch tokens; tgN decodes N tokens one per step (greedy). Each test\n"
     "runs once untimed, then -r times; prints a Markdown table of mean tok/s +- standard\n"
     "deviation, then the weight bytes a decode token reads and the bandwidth that makes.\n"
+    "With --gpu and --expert-budget the experts run hybrid (part in GPU slots, the rest on\n"
+    "the CPU), and a line per test says how (plan mix, cache hits, loads, PCIe, host time).\n"
     "\n"
     "  -m, --model FILE     GGUF model\n"
     "  -p, --n-prompt N,... prompt lengths to test, comma-separated; 0: none (default 512)\n"
@@ -56,11 +66,11 @@ static const char usage[] =
     "  -r, --reps N         timed repetitions of each test (default 3)\n"
     "  --gpu N              run on CUDA device N (default: the CPU)\n"
     "  --no-graph           with --gpu: never replay decode steps as CUDA graphs\n"
-    "  -t, --threads N      CPU threads (default: online CPUs)\n"
+    "  -t, --threads N      CPU threads (default: online CPUs; hybrid: one pinned per physical\n"
+    "                       core)\n"
     "  -b, --batch N        prompt tokens per step (default 512)\n"
     "  --kv-type f32|f16    KV cache storage (default: f32 on the CPU, f16 on the GPU)\n"
-    "  --seed S             seed of the random prompt tokens (default 1)\n"
-    "  -h, --help           this text\n";
+    "  --seed S             seed of the random prompt tokens (default 1)\n";
 
 #define MAX_PP 16
 #define MAX_TESTS (MAX_PP + 1)
@@ -74,6 +84,7 @@ struct bench_args {
     int kv_type; /* -1: the backend's default */
     bool no_graph;
     uint64_t seed;
+    struct cli_hybrid hy; /* --expert-budget and the other hybrid flags */
 };
 
 /* "512,2048": up to MAX_PP lengths in 0..MAX_LEN; 0s are dropped. */
@@ -106,6 +117,7 @@ static int parse_list(const char *flag, const char *v, struct bench_args *a)
 /* 0, 2 (usage error printed), -1 after --help. */
 static int parse_args(int argc, char **argv, struct bench_args *a)
 {
+    int rc;
     a->pp[0] = 512;
     a->n_pp = 1;
     a->tg = 64;
@@ -114,22 +126,30 @@ static int parse_args(int argc, char **argv, struct bench_args *a)
     a->gpu = -1;
     a->kv_type = -1;
     a->seed = 1;
+    cli_hybrid_init(&a->hy);
     for (int i = 1; i < argc; i++) {
         const char *f = argv[i];
         if (!strcmp(f, "-h") || !strcmp(f, "--help")) {
             fputs(usage, stdout);
+            cli_hybrid_usage(stdout, 23);
+            fputs("  -h, --help           this text\n", stdout);
             return -1;
         }
         if (!strcmp(f, "--no-graph")) {
             a->no_graph = true;
             continue;
         }
+        int hr = cli_hybrid_arg("bench", argc, argv, &i, &a->hy);
+        if (hr == 1)
+            continue;
+        if (hr)
+            return hr;
         if (i + 1 >= argc) {
             fprintf(stderr, "moed bench: %s needs a value (try --help)\n", f);
             return 2;
         }
         const char *v = argv[++i];
-        int rc = 0;
+        rc = 0;
         if (!strcmp(f, "-m") || !strcmp(f, "--model"))
             a->model = v;
         else if (!strcmp(f, "-p") || !strcmp(f, "--n-prompt"))
@@ -180,6 +200,8 @@ static int parse_args(int argc, char **argv, struct bench_args *a)
         fprintf(stderr, "moed bench: --no-graph needs --gpu N\n");
         return 2;
     }
+    if ((rc = cli_hybrid_check("bench", &a->hy, a->gpu >= 0)))
+        return rc;
     if (a->kv_type < 0)
         a->kv_type = a->gpu >= 0 ? KT_F16 : KT_F32;
     return 0;
@@ -275,7 +297,8 @@ struct result {
     char test[32];
     bool tg;
     int32_t n;
-    double mean, sd; /* tok/s */
+    double mean, sd;        /* tok/s */
+    struct hybrid_stats hs; /* hybrid: the timed runs' counters */
 };
 
 static int run_test(struct bench *b, struct result *r, long reps, struct moed_err *e)
@@ -284,6 +307,9 @@ static int run_test(struct bench *b, struct result *r, long reps, struct moed_er
     int rc = r->tg ? run_tg(b, r->n, &sec, e) : run_pp(b, r->n, &sec, e); /* warm-up */
     if (rc)
         return moed_err_wrap(e, "%s (warm-up)", r->test);
+    struct hybrid *hy = fwd_hybrid(b->fwd);
+    if (hy)
+        hybrid_stats_reset(hy);
     for (long i = 0; i < reps; i++) {
         if ((rc = r->tg ? run_tg(b, r->n, &sec, e) : run_pp(b, r->n, &sec, e)))
             return moed_err_wrap(e, "%s", r->test);
@@ -294,6 +320,8 @@ static int run_test(struct bench *b, struct result *r, long reps, struct moed_er
     r->mean = sum / (double)reps;
     double var = reps > 1 ? (sum2 - sum * r->mean) / (double)(reps - 1) : 0;
     r->sd = var > 0 ? sqrt(var) : 0;
+    if (hy)
+        hybrid_stats_get(hy, &r->hs, NULL);
     return 0;
 }
 
@@ -357,9 +385,16 @@ int cmd_bench(int argc, char **argv)
     bool gpu = a.gpu >= 0;
     size_t f0 = 0, f1 = 0, f2 = 0, mtotal = 0;
     bool mem_ok = false;
+    char pool_desc[96] = "";
     if (gpu) {
+        /* the device's context first: its threads keep the whole CPU mask */
         struct moed_err me = {0};
         mem_ok = !kc_set_device((int)a.gpu, &me) && !kc_mem_info(&f0, &mtotal, &me);
+        if (a.hy.on &&
+            cli_hybrid_pool("bench", (int)a.threads, &b.pool, pool_desc, sizeof pool_desc, &e)) {
+            fprintf(stderr, "moed bench: CPU workers: %s\n", e.msg);
+            goto out;
+        }
     } else if (sched_pool_init(&b.pool, &(struct sched_pool_opts){.nthreads = (int)a.threads},
                                &e)) {
         fprintf(stderr, "moed bench: %s\n", e.msg);
@@ -370,7 +405,8 @@ int cmd_bench(int argc, char **argv)
                                     .pool = b.pool,
                                     .gpu = gpu,
                                     .gpu_device = (int)a.gpu,
-                                    .gpu_no_graph = a.no_graph},
+                                    .gpu_no_graph = a.no_graph,
+                                    .hybrid = a.hy.on ? &a.hy.o : NULL},
                  &e)) {
         if (gpu)
             fprintf(stderr, "moed bench: --gpu %ld: %s\n", a.gpu, e.msg);
@@ -387,9 +423,26 @@ int cmd_bench(int argc, char **argv)
     if (mem_ok)
         mem_ok = !kc_mem_info(&f2, &mtotal, &e);
 
-    char backend[64], detail[512], wsize[32];
+    struct hybrid *hy = fwd_hybrid(b.fwd);
+    if (a.hy.on && !hy)
+        fprintf(stderr,
+                "moed bench: note: --expert-budget %s gives every expert a GPU slot: all on the "
+                "GPU (--force-hybrid runs hybrid anyway)\n",
+                a.hy.budget);
+    char backend[128], detail[1024], wsize[32];
     fmt_size(model_weight_bytes(&b.m), wsize, sizeof wsize);
-    if (gpu) {
+    if (gpu && hy) {
+        struct hybrid_stats hs;
+        char brief[112], full[512], gdesc[400];
+        hybrid_stats_get(hy, &hs, NULL);
+        cli_hybrid_describe(&a.hy, &hs, hp, true, brief, sizeof brief);
+        cli_hybrid_describe(&a.hy, &hs, hp, false, full, sizeof full);
+        /* hybrid steps return to the host every MoE layer: no CUDA graphs */
+        cli_describe_gpu((int)a.gpu, true, gdesc, sizeof gdesc);
+        snprintf(backend, sizeof backend, "CUDA %ld, %s", a.gpu, brief);
+        snprintf(detail, sizeof detail, "%s; %s; CPU: %s, %s", gdesc, full, pool_desc,
+                 kern_isa_describe());
+    } else if (gpu) {
         snprintf(backend, sizeof backend, "CUDA %ld", a.gpu);
         cli_describe_gpu((int)a.gpu, a.no_graph, detail, sizeof detail);
     } else {
@@ -469,6 +522,12 @@ int cmd_bench(int argc, char **argv)
                    "per layer, output): %.2f GB/s at %.2f t/s\n",
                    res[i].test, (double)dbytes / (1 << 20), hp->n_expert_used, hp->n_expert,
                    (double)dbytes * res[i].mean / 1e9, res[i].mean);
+    for (int i = 0; hy && i < n_res; i++) {
+        char prefix[48];
+        snprintf(prefix, sizeof prefix, "%.31s hybrid: ", res[i].test);
+        cli_hybrid_print(stdout, prefix, &a.hy, &res[i].hs, hp,
+                         (uint64_t)res[i].n * (uint64_t)a.reps);
+    }
     printf("%s\n", detail);
     if (gpu && mem_ok)
         printf("GPU memory: forward pass %.2f GiB (weights and workspaces), KV cache %.2f GiB "

@@ -6,7 +6,10 @@
  * step, streaming the text to stdout as it comes (the streaming detokenizer
  * keeps UTF-8 characters whole), until N tokens or an end-of-generation
  * token.  On stderr: the model and the backend, then the prefill and decode
- * speeds.
+ * speeds.  With --gpu and --expert-budget the routed experts run hybrid
+ * (sched/hybrid.h: a budget of GPU slots, the rest on CPU workers, by default
+ * one pinned per physical core); then a summary line of the executor's
+ * counters for prefill and one for decode follow on stderr.
  *
  * Exit status: 0, 1 for a runtime error (one line on stderr), 2 for a
  * usage error.
@@ -22,20 +25,23 @@
 #include "daemon/cmds.h"
 #include "kernels/cpu/isa.h"
 #include "kernels/cpu/types.h"
+#include "kernels/cuda/kc.h"
 #include "kernels/cuda/kcuda.h"
 #include "model/forward.h"
 #include "model/model.h"
 #include "model/sample.h"
 #include "model/tok.h"
 #include "model/trace.h"
+#include "sched/hybrid.h"
 #include "sched/predict.h"
 #include "sched/pool.h"
 
 static const char usage[] =
     "usage: moed run -m FILE -p PROMPT [-n N] [options]\n"
     "\n"
-    "Generate text from a prompt on the CPU, or all on one CUDA device with --gpu; prints the\n"
-    "text on stdout and the backend, the prefill and the decode speeds on stderr.\n"
+    "Generate text from a prompt on the CPU, or all on one CUDA device with --gpu (with\n"
+    "--expert-budget: hybrid, part of the experts on the CPU); prints the text on stdout and\n"
+    "the backend, the prefill and the decode speeds on stderr (hybrid: and its counters).\n"
     "\n"
     "  -m, --model FILE          GGUF model\n"
     "  -p, --prompt TEXT         prompt\n"
@@ -51,7 +57,8 @@ static const char usage[] =
     "  --gpu N                   run on CUDA device N (weights, activations and KV cache on the\n"
     "                            GPU; default: the CPU)\n"
     "  --no-graph                with --gpu: never replay decode steps as CUDA graphs\n"
-    "  --threads N               CPU threads (default: online CPUs)\n"
+    "  --threads N               CPU threads (default: online CPUs; hybrid: one pinned per\n"
+    "                            physical core)\n"
     "  --ctx N                   KV cache positions (default: prompt + N)\n"
     "  --batch N                 prompt tokens per prefill step (default 256)\n"
     "  --kv-type f32|f16         KV cache storage (default f32; f16 halves the memory)\n"
@@ -63,8 +70,7 @@ static const char usage[] =
     "                            CPU only\n"
     "  --predict-stats           measure how well each layer's router, applied to the layer\n"
     "                            before's hidden rows, predicts its experts (vs the most-used\n"
-    "                            experts so far); printed on stderr at the end; CPU only\n"
-    "  -h, --help                this text\n";
+    "                            experts so far); printed on stderr at the end; CPU only\n";
 
 static int parse_float(const char *flag, const char *s, float *out)
 {
@@ -88,6 +94,7 @@ struct run_args {
     bool special, echo, seed_given, profile, no_graph;
     bool predict_stats; /* --predict-stats */
     struct sample_params sp;
+    struct cli_hybrid hy; /* --expert-budget and the other hybrid flags */
 };
 
 /* 0, 1 (error printed) or 2 (usage error printed); -1 after --help. */
@@ -102,12 +109,20 @@ static int parse_args(int argc, char **argv, struct run_args *a)
     a->sp.top_k = 40;
     a->sp.top_p = 0.95f;
     a->sp.min_p = 0.05f;
+    cli_hybrid_init(&a->hy);
     for (int i = 1; i < argc; i++) {
         const char *f = argv[i];
         if (!strcmp(f, "-h") || !strcmp(f, "--help")) {
             fputs(usage, stdout);
+            cli_hybrid_usage(stdout, 28);
+            fputs("  -h, --help                this text\n", stdout);
             return -1;
         }
+        int hr = cli_hybrid_arg("run", argc, argv, &i, &a->hy);
+        if (hr == 1)
+            continue;
+        if (hr)
+            return hr;
         if (!strcmp(f, "--special")) {
             a->special = true;
             continue;
@@ -209,6 +224,9 @@ static int parse_args(int argc, char **argv, struct run_args *a)
         fprintf(stderr, "moed run: --no-graph needs --gpu N\n");
         return 2;
     }
+    int hrc = cli_hybrid_check("run", &a->hy, a->gpu >= 0);
+    if (hrc)
+        return hrc;
     struct moed_err e = {0};
     if (sample_params_check(&a->sp, &e)) {
         fprintf(stderr, "moed run: %s\n", e.msg);
@@ -300,6 +318,9 @@ static int generate(struct run *r, const struct run_args *a)
     }
 
     /* prefill: the prompt in batches, logits for its last token only */
+    struct hybrid *hy = fwd_hybrid(r->fwd);
+    if (hy) /* the slots' initial fill is not the prefill's */
+        hybrid_stats_reset(hy);
     double t0 = cli_now_s();
     for (int32_t i0 = 0; i0 < n_prompt; i0 += (int32_t)a->batch) {
         int32_t n = n_prompt - i0 < a->batch ? n_prompt - i0 : (int32_t)a->batch;
@@ -323,6 +344,11 @@ static int generate(struct run *r, const struct run_args *a)
     free(seq);
     free(want);
     double t_prefill = cli_now_s() - t0;
+    struct hybrid_stats hs_prefill = {0};
+    if (hy) { /* printed at the end, after the text */
+        hybrid_stats_get(hy, &hs_prefill, NULL);
+        hybrid_stats_reset(hy);
+    }
     if (a->profile) {
         print_profile("prefill", r->fwd, t_prefill);
         fwd_stats_reset(r->fwd);
@@ -382,6 +408,14 @@ static int generate(struct run *r, const struct run_args *a)
             t_prefill * 1e3, n_prompt / (t_prefill > 0 ? t_prefill : 1e-9));
     fprintf(stderr, "moed run: decode %d tokens in %.1f ms: %.1f tok/s (%d steps)%s\n", n_gen,
             t_decode * 1e3, n_steps ? n_steps / t_decode : 0.0, n_steps, eos_note);
+    if (hy) { /* decode: the steps after the prefill (the last token is not fed back) */
+        struct hybrid_stats hs_decode;
+        hybrid_stats_get(hy, &hs_decode, NULL);
+        cli_hybrid_print(stderr, "moed run: hybrid prefill: ", &a->hy, &hs_prefill, &r->m.hp,
+                         (uint64_t)n_prompt);
+        cli_hybrid_print(stderr, "moed run: hybrid decode: ", &a->hy, &hs_decode, &r->m.hp,
+                         (uint64_t)n_steps);
+    }
     return 0;
 }
 
@@ -528,8 +562,24 @@ int cmd_run(int argc, char **argv)
 
     if (a.batch > (long)r.ids.n)
         a.batch = (long)r.ids.n;
-    if (sched_pool_init(&r.pool, &(struct sched_pool_opts){.nthreads = (int)a.threads}, &e) ||
-        open_trace(&r, &a, argc, argv, &e) || open_pstats(&r, &a, &e)) {
+    char pool_desc[96] = "";
+    if (a.hy.on) {
+        /* the device's context before the pinned workers, so that its threads keep the
+         * whole CPU mask; an error here is fwd_init's to report */
+        struct moed_err ce = {0};
+        size_t mf, mt;
+        if (!kc_set_device((int)a.gpu, &ce))
+            kc_mem_info(&mf, &mt, &ce);
+        if (cli_hybrid_pool("run", (int)a.threads, &r.pool, pool_desc, sizeof pool_desc, &e)) {
+            fprintf(stderr, "moed run: CPU workers: %s\n", e.msg);
+            goto out;
+        }
+    } else if (sched_pool_init(&r.pool, &(struct sched_pool_opts){.nthreads = (int)a.threads},
+                               &e)) {
+        fprintf(stderr, "moed run: %s\n", e.msg);
+        goto out;
+    }
+    if (open_trace(&r, &a, argc, argv, &e) || open_pstats(&r, &a, &e)) {
         fprintf(stderr, "moed run: %s\n", e.msg);
         goto out;
     }
@@ -541,7 +591,8 @@ int cmd_run(int argc, char **argv)
                                                       : NULL,
                                     .gpu = a.gpu >= 0,
                                     .gpu_device = (int)a.gpu,
-                                    .gpu_no_graph = a.no_graph},
+                                    .gpu_no_graph = a.no_graph,
+                                    .hybrid = a.hy.on ? &a.hy.o : NULL},
                  &e)) {
         if (a.gpu >= 0)
             fprintf(stderr, "moed run: --gpu %ld: %s\n", a.gpu, e.msg);
@@ -565,8 +616,23 @@ int cmd_run(int argc, char **argv)
         fprintf(stderr, "moed run: out of memory\n");
         goto out;
     }
-    char backend[400];
-    if (fwd_on_gpu(r.fwd))
+    char backend[1024];
+    struct hybrid *hy = fwd_hybrid(r.fwd);
+    if (a.hy.on && !hy)
+        fprintf(stderr,
+                "moed run: note: --expert-budget %s gives every expert a GPU slot: all on the "
+                "GPU (--force-hybrid runs hybrid anyway)\n",
+                a.hy.budget);
+    if (hy) {
+        struct hybrid_stats hs;
+        char gdesc[400], full[512];
+        hybrid_stats_get(hy, &hs, NULL);
+        cli_hybrid_describe(&a.hy, &hs, hp, false, full, sizeof full);
+        /* hybrid steps return to the host every MoE layer: no CUDA graphs */
+        cli_describe_gpu((int)a.gpu, true, gdesc, sizeof gdesc);
+        snprintf(backend, sizeof backend, "%s; %s; CPU: %s, %s", gdesc, full, pool_desc,
+                 kern_isa_describe());
+    } else if (fwd_on_gpu(r.fwd))
         cli_describe_gpu((int)a.gpu, a.no_graph, backend, sizeof backend);
     else
         snprintf(backend, sizeof backend, "%d thread%s, %s", sched_pool_size(r.pool),

@@ -3,6 +3,7 @@
  */
 #include "sched/hybrid.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -54,6 +55,7 @@ struct hybrid {
     double copy_free_at;           /* host clock when the copy engine runs dry (s) */
     double last_wait_us;
     struct sched_plan plan;
+    bool trace; /* MOED_HYBRID_TRACE set: one stderr line per layer step */
     /* statistics */
     struct hybrid_stats st;
     struct hybrid_layer_stats *ls; /* [n_layer], cache counters filled on get */
@@ -228,6 +230,7 @@ int hybrid_new(struct hybrid **out, const struct model *m, const struct hybrid_o
     hy->B = o->max_batch;
     hy->pres_layer = -1;
     hy->prev_layer = -1;
+    hy->trace = getenv("MOED_HYBRID_TRACE") && *getenv("MOED_HYBRID_TRACE");
     int rc;
     size_t E = (size_t)hy->E, K = (size_t)hy->K, B = (size_t)hy->B, d = (size_t)hy->d;
     if (hy->E > SCHED_PLAN_MAX) {
@@ -636,6 +639,12 @@ int hybrid_moe(struct hybrid *hy, kc_stream st, const struct hybrid_io *io, stru
     }
     ls->gpu_pairs += (uint64_t)n_gpu_pairs;
     ls->cpu_pairs += (uint64_t)n_cpu_pairs;
+    if (hy->trace)
+        fprintf(stderr,
+                "hybrid: layer %d, %d tokens: %d experts (%d GPU tiles, pairs %d GPU / %d CPU), "
+                "plan %.0f us, wait %.0f us, %.0f us in all\n",
+                L, n, n_act, n_tiles, n_gpu_pairs, n_cpu_pairs, planned ? hy->plan.makespan_us : 0,
+                (tr - tw) * 1e6, (now_s() - t0) * 1e6);
 out:
     for (int32_t i = 0; i < n_pin; i++)
         cache_unpin(hy->cache, hy->pinned[i]);

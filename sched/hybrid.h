@@ -39,6 +39,8 @@
  * on the CPU; no loads, no prefetch.
  *
  * One thread at a time (the forward pass's).  Uses the current device.
+ * MOED_HYBRID_TRACE=1 in the environment prints one line per layer step
+ * (experts, pairs, the plan's makespan, the wait, the host time).
  */
 #ifndef MOED_SCHED_HYBRID_H
 #define MOED_SCHED_HYBRID_H

@@ -112,6 +112,7 @@ TEST(cuda_hybrid_vs_exact)
         float *exact = malloc(nv * sizeof(float)), *cpu = malloc(nv * sizeof(float));
         float *gpu = malloc(nv * sizeof(float)), *hy = malloc(nv * sizeof(float));
         struct hybrid_stats hs;
+        fprintf(stderr, "    %s: reference runs ...\n", cfg[c][1]);
         rc = cuda_model_run(&mf, &(struct fwd_opts){.pool = pool}, false, exact, NULL, &e) ||
              cuda_model_run(&m, &(struct fwd_opts){.pool = pool}, false, cpu, NULL, &e) ||
              cuda_model_run(&m, &(struct fwd_opts){.gpu = true}, false, gpu, NULL, &e);
@@ -131,6 +132,7 @@ TEST(cuda_hybrid_vs_exact)
                                      .cost = &cost};
             if (hc->frac == 0)
                 ho.budget_bytes = 0; /* the minimum pool */
+            fprintf(stderr, "    %s %s ...\n", cfg[c][1], hc->name);
             rc = cuda_model_run(&m, &(struct fwd_opts){.gpu = true, .pool = pool, .hybrid = &ho},
                                 false, hy, &hs, &e);
             CHECK_MSG(rc == 0, "%s %s: %s", cfg[c][1], hc->name, e.msg);
