@@ -20,6 +20,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "sched/cost.h"
+
 extern char **environ;
 
 /* ---- the table ---- */
@@ -943,6 +945,20 @@ int conf_validate(const struct moed_config *c, struct conf_diag *d)
     return first;
 }
 
+/* cost_model: the file must load as moed calibrate wrote it (its message
+ * names the file, line and key). */
+static int check_cost_model(struct conf_diag *d, const char *where, const char *shown,
+                            const char *path)
+{
+    struct sched_cost sc;
+    struct moed_err e = {0};
+    if (!sched_cost_load(&sc, path, &e))
+        return 0;
+    return conf_diag_error(d, e.code ? e.code : MOED_EINVAL,
+                           "%s: cost_model = %s: not a cost model (moed calibrate -o FILE): %s",
+                           where, shown, e.msg);
+}
+
 int conf_check_files(const struct moed_config *c, struct conf_diag *d)
 {
     int first = 0;
@@ -973,6 +989,8 @@ int conf_check_files(const struct moed_config *c, struct conf_diag *d)
             else if (S_ISDIR(st.st_mode))
                 rc = conf_diag_error(d, MOED_EIO, "%s: %s = %s: is a folder, not a file", where,
                                      r->name, shown);
+            else if (i == CONF_OPT_cost_model)
+                rc = check_cost_model(d, where, shown, v);
         } else if (r->flags & CONF_F_WRITABLE) {
             if (stat(v, &st) == 0) {
                 if (S_ISDIR(st.st_mode))

@@ -153,6 +153,11 @@
       conf_cache_policy_names, 0, NULL,                                                            \
       "Which cached expert makes room for a new one: lru (least recently used), lfu (least "      \
       "frequently used) or score (lowest decayed routing score, as in HybriMoE).")                \
+    X(cost_model, MOED_COST_MODEL, "--cost-model", 0, PATH, engine, "", 0, 0, NULL,                \
+      CONF_F_READABLE, "FILE",                                                                     \
+      "Cost model of the hybrid engine's planner: a file written on this machine by `moed "       \
+      "calibrate --gpu N -o FILE`. Empty: built-in figures not measured here (the start-up log "  \
+      "says so).")                                                                                 \
     /* ---- logging ---- */                                                                        \
     X(log_level, MOED_LOG_LEVEL, "--log-level", 0, ENUM, logging, "info", 0, 0,                    \
       conf_log_level_names, CONF_F_RELOAD, NULL,                                                   \

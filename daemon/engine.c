@@ -32,6 +32,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "cache/gpu_slots.h"
 #include "kernels/cpu/types.h"
 #include "kernels/cuda/kc.h"
 #include "kernels/cuda/kcuda.h"
@@ -39,6 +40,8 @@
 #include "model/kv.h"
 #include "model/model.h"
 #include "model/tok.h"
+#include "sched/calib.h"
+#include "sched/cost.h"
 #include "sched/pool.h"
 
 /* A request waiting in the queue (owned by the engine once submitted). */
@@ -88,6 +91,11 @@ struct engine {
     int threads_opt;
     bool gpu_opt;
     int gpu_dev_opt;
+    double xbud_frac;
+    uint64_t xbud_bytes;
+    enum cache_policy policy;
+    struct sched_cost cost; /* cost_path's, or sched_cost_default() */
+    char cost_path[512];
     void (*on_state)(void *ud, enum engine_state st);
     void (*logf)(void *ud, int level, const char *msg);
     void *ud;
@@ -110,6 +118,10 @@ struct engine {
     bool on_gpu;
     char gpu_name[256];
     char gpu_fallback[MOED_ERR_MSG];
+    struct hybrid *hy; /* fwd_hybrid(fwd): the engine thread's alone */
+    bool hy_on;
+    int32_t hy_slots;
+    uint64_t hy_pool_bytes;
     double load_s;
     char err[MOED_ERR_MSG];
     atomic_int state;
@@ -129,6 +141,8 @@ struct engine {
     uint64_t finished[ENGINE_FIN_COUNT];
     struct api_hist hist[ENGINE_N_HIST];
     struct fwd_stats fwd_stats;
+    struct hybrid_stats hy_stats;         /* as of the last step (hy_on) */
+    struct hybrid_layer_stats *hy_layers; /* [n_layer], the same */
     atomic_uint_fast64_t steps;
     atomic_llong busy_since_ns; /* 0: not in a step */
     atomic_llong keepalive_ms;  /* engine_req.keepalive period; 0: off */
@@ -142,6 +156,7 @@ struct engine {
     struct kv_seq **kvs;
     float *logits;
     size_t logits_rows;
+    struct hybrid_layer_stats *hy_tmp; /* [n_layer]: hybrid_stats_get's, before the copy */
 };
 
 static const char *const fin_names[ENGINE_FIN_COUNT] = {"stop",    "length",   "cancelled",
@@ -409,36 +424,136 @@ static int kv_pool_size(struct engine *eng, struct moed_err *e)
 
 /* Device memory left free for the KV caches after the forward pass. */
 #define GPU_KV_MARGIN (512ull << 20)
+/* Device memory the workspace estimate leaves for what it does not count
+ * (alignment, the input buffers, pointer tables, CUDA graphs). */
+#define GPU_WS_SLACK (64ull << 20)
+
+/* Bytes of the routed experts (the *_exps tensors) of every layer. */
+static uint64_t expert_bytes(const struct model *m)
+{
+    uint64_t n = 0;
+    for (int32_t il = 0; il < m->hp.n_layer; il++) {
+        const struct model_layer *L = &m->layers[il];
+        const struct gguf_tensor *t[] = {L->gate_exps, L->up_exps, L->down_exps};
+        for (int i = 0; i < 3; i++)
+            n += t[i] ? t[i]->nbytes : 0;
+    }
+    return n;
+}
+
+/* At least the GPU forward pass's workspace for steps of max_batch tokens
+ * (model/fwd_gpu.c's buffers; the attention's at its largest split). */
+static uint64_t gpu_ws_bound(const struct model_hparams *hp, int32_t max_batch)
+{
+    uint64_t B = (uint64_t)max_batch, d = (uint64_t)hp->n_embd;
+    uint64_t qd = (uint64_t)hp->n_head * (uint64_t)hp->head_dim;
+    uint64_t kvd = (uint64_t)hp->n_head_kv * (uint64_t)hp->head_dim;
+    uint64_t E = (uint64_t)hp->n_expert, K = (uint64_t)hp->n_expert_used;
+    uint64_t ff = (uint64_t)hp->n_ff_exp, sf = hp->n_ff_shexp ? (uint64_t)hp->n_ff_shexp : 1;
+    uint64_t floats =
+        3 * d + 2 * qd + 2 * kvd + E + 2 * K + K * ff + K * d + 2 * sf + 1 + (uint64_t)hp->n_vocab;
+    uint64_t ws = B * floats * sizeof(float) + B * K * sizeof(int32_t);
+    size_t g8 = kc_moe_groups_size(max_batch, hp->n_expert_used, hp->n_expert, 8);
+    size_t g64 = kc_moe_groups_size(max_batch, hp->n_expert_used, hp->n_expert, 64);
+    ws += g8 > g64 ? g8 : g64;
+    /* tokens x split is at most max(2 B, 256) for fwd_gpu.c's attn_split */
+    struct kc_attn_shape sh = {
+        .n_head = hp->n_head, .n_head_kv = hp->n_head_kv, .head_dim = hp->head_dim};
+    ws += kc_attention_ws_size(&sh, 1, (int32_t)(2 * B > 256 ? 2 * B : 256));
+    return ws + GPU_WS_SLACK;
+}
+
+/* Note why the GPU is not used (engine_load logs it); -1. */
+static int gpu_unusable(struct engine *eng, const char *msg)
+{
+    snprintf(eng->gpu_fallback, sizeof eng->gpu_fallback, "%s", msg);
+    return -1;
+}
+
+/* The cost model, for the log: its file or why it is only a guess. */
+static void cost_describe(const struct engine *eng, char *buf, size_t n)
+{
+    if (!eng->cost_path[0])
+        snprintf(buf, n,
+                 "cost model: built-in defaults, not calibrated on this machine (run `moed "
+                 "calibrate --gpu %d -o FILE` and set cost_model = FILE)",
+                 eng->gpu_dev_opt);
+    else if (!eng->cost.calibrated)
+        snprintf(buf, n, "cost model %s (calibrated = 0: partly the built-in guesses)",
+                 eng->cost_path);
+    else
+        snprintf(buf, n, "cost model %s (calibrated)", eng->cost_path);
+}
 
 /*
  * The GPU forward pass on gpu_dev_opt with F16 KV caches in device memory,
- * the pool capped to the device's free memory.  0, or -1 with
- * gpu_fallback saying why (nothing of the GPU kept); a kv_budget too small
- * for one sequence is a configuration error that the CPU path reports.
+ * the pool capped to the device's free memory; the routed experts all on
+ * the GPU or hybrid (engine.h, "Backend").  0, or -1 with gpu_fallback
+ * saying why (nothing of the GPU kept); a kv_budget too small for one
+ * sequence is a configuration error that the CPU path reports.
  */
 static int try_gpu(struct engine *eng)
 {
-    const struct model_hparams *hp = &eng->model.hp;
+    const struct model *m = &eng->model;
+    const struct model_hparams *hp = &m->hp;
     struct moed_err ge = {0};
     eng->kv_type = KT_F16;
     eng->kv_bpp = kv_bytes_per_position(hp, KT_F16);
-    if (kv_pool_size(eng, &ge)) {
-        snprintf(eng->gpu_fallback, sizeof eng->gpu_fallback, "%s", ge.msg);
-        return -1;
+    if (kv_pool_size(eng, &ge))
+        return gpu_unusable(eng, ge.msg);
+    size_t mfree = 0, mtotal = 0;
+    if (kc_set_device(eng->gpu_dev_opt, &ge) || kc_mem_info(&mfree, &mtotal, &ge))
+        return gpu_unusable(eng, ge.msg);
+
+    /* the expert budget: a share of what the dense part and the KV pool leave */
+    uint64_t xbytes = expert_bytes(m), wbytes = model_weight_bytes(m);
+    uint64_t dense = wbytes > xbytes ? wbytes - xbytes : 0;
+    uint64_t kvb = eng->kv_bpp * (uint64_t)eng->kv_total;
+    uint64_t used = dense + gpu_ws_bound(hp, eng->max_batch) + kvb + GPU_KV_MARGIN;
+    uint64_t room = mfree > used ? mfree - used : 0;
+    uint64_t budget = eng->xbud_frac > 0       ? (uint64_t)(eng->xbud_frac * (double)room)
+                      : eng->xbud_bytes < room ? eng->xbud_bytes
+                                               : room;
+    struct hybrid_opts ho = {
+        .budget_bytes = budget, .policy = eng->policy, .cost = &eng->cost, .pool = eng->pool};
+    int64_t n_exp = (int64_t)hp->n_layer * hp->n_expert;
+    uint64_t sb = 0;
+    bool hybrid =
+        n_exp > 0 && gpu_slots_geometry(m, NULL, &sb, &ge) == 0 && hybrid_slots_for(m, &ho) < n_exp;
+    uint64_t one_seq = eng->kv_bpp * (uint64_t)eng->ctx_size;
+    if (hybrid && eng->xbud_frac > 0 && used - kvb + one_seq + xbytes <= mfree) {
+        char kv[32];
+        fmt_bytes(kvb, kv, sizeof kv);
+        elog(eng, 1,
+             "GPU %d: every expert would fit on the GPU with a smaller KV pool than the %s "
+             "asked for (kv_budget, or max_seqs x ctx_size) or a larger expert_cache_budget; "
+             "running hybrid",
+             eng->gpu_dev_opt, kv);
     }
-    if (fwd_init(&eng->fwd, &eng->model,
+    if (hybrid && !eng->xbud_frac && eng->xbud_bytes > room) {
+        char want[32], have[32];
+        fmt_bytes(eng->xbud_bytes, want, sizeof want);
+        fmt_bytes(room, have, sizeof have);
+        elog(eng, 1,
+             "GPU %d: expert_cache_budget %s is more than the %s left after the dense weights, "
+             "the workspace and the KV pool: %s of expert slots",
+             eng->gpu_dev_opt, want, have, have);
+    }
+    if (fwd_init(&eng->fwd, m,
                  &(struct fwd_opts){.max_batch = eng->max_batch,
                                     .pool = eng->pool,
                                     .gpu = true,
-                                    .gpu_device = eng->gpu_dev_opt},
+                                    .gpu_device = eng->gpu_dev_opt,
+                                    .hybrid = hybrid ? &ho : NULL},
                  &ge)) {
         eng->fwd = NULL;
-        snprintf(eng->gpu_fallback, sizeof eng->gpu_fallback, "%s", ge.msg);
-        return -1;
+        if (hybrid)
+            moed_err_wrap(&ge, "hybrid experts (%d slots)", hybrid_slots_for(m, &ho));
+        return gpu_unusable(eng, ge.msg);
     }
-    size_t mfree = 0, mtotal = 0;
+    eng->hy = fwd_hybrid(eng->fwd);
     if (kc_mem_info(&mfree, &mtotal, &ge)) {
-        snprintf(eng->gpu_fallback, sizeof eng->gpu_fallback, "%s", ge.msg);
+        gpu_unusable(eng, ge.msg);
         goto fail;
     }
     uint64_t avail = mfree > GPU_KV_MARGIN ? mfree - GPU_KV_MARGIN : 0;
@@ -449,8 +564,8 @@ static int try_gpu(struct engine *eng)
         fmt_bytes(eng->kv_bpp * (uint64_t)eng->ctx_size, need, sizeof need);
         snprintf(eng->gpu_fallback, sizeof eng->gpu_fallback,
                  "the KV cache of one sequence of ctx_size %d (%s F16) does not fit in the %s "
-                 "left free after the weights",
-                 eng->ctx_size, need, have);
+                 "left free after the weights%s",
+                 eng->ctx_size, need, have, eng->hy ? " and the expert slots" : "");
         goto fail;
     }
     if (eng->kv_total > fit) {
@@ -468,10 +583,53 @@ static int try_gpu(struct engine *eng)
         snprintf(eng->gpu_name, sizeof eng->gpu_name, "CUDA device %d", eng->gpu_dev_opt);
     else
         snprintf(eng->gpu_name, sizeof eng->gpu_name, "%s", dv.name);
+    if (!eng->hy)
+        return 0;
+
+    /* hybrid: the counters' snapshot (engine_hybrid_stats), the log line */
+    size_t nl = (size_t)hp->n_layer;
+    eng->hy_layers = calloc(nl, sizeof *eng->hy_layers);
+    eng->hy_tmp = calloc(nl, sizeof *eng->hy_tmp);
+    if (!eng->hy_layers || !eng->hy_tmp) {
+        gpu_unusable(eng, "out of memory for the hybrid statistics");
+        goto fail;
+    }
+    hybrid_stats_get(eng->hy, &eng->hy_stats, eng->hy_layers);
+    eng->hy_on = true;
+    eng->hy_slots = eng->hy_stats.n_slot;
+    eng->hy_pool_bytes = eng->hy_stats.pool_bytes;
+    char pool[32], left[32], kv[32], cost[800], bud[64];
+    fmt_bytes(eng->hy_pool_bytes, pool, sizeof pool);
+    fmt_bytes(room, left, sizeof left);
+    fmt_bytes(kvb, kv, sizeof kv);
+    if (eng->xbud_frac > 0)
+        snprintf(bud, sizeof bud, "%.3g", eng->xbud_frac);
+    else
+        fmt_bytes(eng->xbud_bytes, bud, sizeof bud);
+    cost_describe(eng, cost, sizeof cost);
+    elog(eng, 2,
+         "backend: GPU %d (%s), hybrid: %d expert slots (%s, %.1f%% of the %" PRId64
+         " experts; expert_cache_budget %s of %s left after the dense weights and a KV pool of "
+         "%s), cache_policy %s, %d CPU thread%s for the other experts, %s",
+         eng->gpu_dev_opt, eng->gpu_name, eng->hy_slots, pool,
+         100.0 * (double)eng->hy_slots / (double)n_exp, n_exp, bud, left, kv,
+         cache_policy_name(eng->policy), eng->threads, eng->threads == 1 ? "" : "s", cost);
+    char tname[SCHED_COST_NAME];
+    const struct model_layer *L0 = &m->layers[0];
+    calib_type_name(L0->gate_exps->type, L0->up_exps->type, L0->down_exps->type, tname,
+                    sizeof tname);
+    if (sched_cost_find_type(&eng->cost, tname) < 0)
+        elog(eng, 1, "the cost model has no row for the model's experts (%s): planning with %s's",
+             tname, eng->cost.type[0].name);
     return 0;
 fail:
     fwd_free(eng->fwd);
     eng->fwd = NULL;
+    eng->hy = NULL;
+    eng->hy_on = false;
+    free(eng->hy_layers);
+    free(eng->hy_tmp);
+    eng->hy_layers = eng->hy_tmp = NULL;
     return -1;
 }
 
@@ -517,10 +675,11 @@ static int engine_load(struct engine *eng, struct moed_err *e)
                            &(struct fwd_opts){.max_batch = eng->max_batch, .pool = eng->pool}, e)))
             return rc;
     }
-    if (eng->on_gpu)
-        elog(eng, 2, "backend: GPU %d (%s), KV caches F16 in device memory", eng->gpu_dev_opt,
-             eng->gpu_name);
-    else
+    if (eng->on_gpu && !eng->hy_on)
+        elog(eng, 2,
+             "backend: GPU %d (%s), KV caches F16 in device memory, every expert on the GPU",
+             eng->gpu_dev_opt, eng->gpu_name);
+    else if (!eng->on_gpu)
         elog(eng, 2, "backend: CPU, %d thread%s, KV caches F32%s", eng->threads,
              eng->threads == 1 ? "" : "s", eng->gpu_opt ? " (GPU fallback)" : "");
     size_t mb = (size_t)eng->max_batch, ms = (size_t)eng->max_seqs;
@@ -691,7 +850,14 @@ static void engine_step(struct engine *eng)
         used += eng->run[i]->kv.n;
     struct fwd_stats fs;
     fwd_stats_get(eng->fwd, &fs);
+    struct hybrid_stats hs;
+    if (eng->hy_on)
+        hybrid_stats_get(eng->hy, &hs, eng->hy_tmp);
     pthread_mutex_lock(&eng->mu);
+    if (eng->hy_on) {
+        eng->hy_stats = hs;
+        memcpy(eng->hy_layers, eng->hy_tmp, (size_t)hs.n_layer * sizeof *eng->hy_layers);
+    }
     eng->step_tokens += (uint64_t)n;
     eng->prompt_tokens += (uint64_t)n_prompt_tok;
     eng->kv_used = used;
@@ -903,12 +1069,15 @@ int engine_start(struct engine **out, const struct engine_opts *o, struct moed_e
     if (!o->model_path || !*o->model_path)
         return moed_err_set(e, MOED_EINVAL, "engine: no model file");
     if (o->max_seqs < 1 || o->prefill_chunk < 1 || o->max_queued < 0 || o->ctx_size < 0 ||
-        o->threads < 0 || (o->gpu && o->gpu_device < 0))
+        o->threads < 0 || (o->gpu && o->gpu_device < 0) || !(o->expert_budget_frac >= 0) ||
+        o->expert_budget_frac > 1 || o->cache_policy == CACHE_BELADY)
         return moed_err_set(e, MOED_EINVAL,
                             "engine: bad limits (max_seqs %d, prefill_chunk %d, max_queued %d, "
-                            "ctx_size %d, threads %d, gpu_device %d)",
+                            "ctx_size %d, threads %d, gpu_device %d, expert budget %g, cache "
+                            "policy %s)",
                             o->max_seqs, o->prefill_chunk, o->max_queued, o->ctx_size, o->threads,
-                            o->gpu ? o->gpu_device : -1);
+                            o->gpu ? o->gpu_device : -1, o->expert_budget_frac,
+                            cache_policy_name(o->cache_policy));
     struct engine *eng = calloc(1, sizeof *eng);
     if (!eng)
         return moed_err_set(e, MOED_ENOMEM, "engine: out of memory");
@@ -927,6 +1096,27 @@ int engine_start(struct engine **out, const struct engine_opts *o, struct moed_e
     eng->threads_opt = o->threads;
     eng->gpu_opt = o->gpu;
     eng->gpu_dev_opt = o->gpu_device;
+    eng->xbud_frac = o->expert_budget_frac;
+    eng->xbud_bytes = o->expert_budget_bytes;
+    eng->policy = o->cache_policy;
+    if (o->cost_model && *o->cost_model) {
+        /* a file that does not load is a configuration error, here rather
+         * than a GPU fallback later (the message names the file and line) */
+        struct moed_err ce = {0};
+        if (strlen(o->cost_model) >= sizeof eng->cost_path ||
+            sched_cost_load(&eng->cost, o->cost_model, &ce)) {
+            if (!ce.code)
+                moed_err_set(&ce, MOED_EINVAL, "%s: path too long", o->cost_model);
+            free(eng->model_path);
+            free(eng->chat_name);
+            free(eng);
+            moed_err_set(e, ce.code, "cost_model: %s", ce.msg);
+            return e->code;
+        }
+        snprintf(eng->cost_path, sizeof eng->cost_path, "%s", o->cost_model);
+    } else {
+        sched_cost_default(&eng->cost);
+    }
     eng->on_state = o->on_state;
     eng->logf = o->log;
     eng->ud = o->ud;
@@ -987,6 +1177,8 @@ void engine_free(struct engine *eng)
     free(eng->b_seq);
     free(eng->b_want);
     free(eng->logits);
+    free(eng->hy_layers);
+    free(eng->hy_tmp);
     fwd_free(eng->fwd);
     sched_pool_free(eng->pool);
     chat_template_free(eng->chat);
@@ -1044,6 +1236,16 @@ void engine_info(const struct engine *eng, struct engine_info *out)
     out->kv_total_positions = eng->kv_total;
     out->kv_bytes_per_position = eng->kv_bpp;
     out->load_seconds = eng->load_s;
+    out->n_layer = eng->model.hp.n_layer;
+    out->n_experts = (int64_t)eng->model.hp.n_layer * eng->model.hp.n_expert;
+    out->cache_policy = eng->policy;
+    out->cost_calibrated = eng->cost.calibrated;
+    snprintf(out->cost_model, sizeof out->cost_model, "%s", eng->cost_path);
+    out->hybrid = eng->hy_on;
+    if (eng->hy_on) {
+        out->hybrid_slots = eng->hy_slots;
+        out->hybrid_slot_bytes = eng->hy_pool_bytes;
+    }
 }
 
 static int capacity_locked(const struct engine *eng)
@@ -1265,6 +1467,21 @@ void engine_stats_get(const struct engine *eng, struct engine_stats *out)
     out->fwd = m->fwd_stats;
     pthread_mutex_unlock(&m->mu);
     out->steps = atomic_load(&m->steps);
+}
+
+bool engine_hybrid_stats(const struct engine *eng, struct hybrid_stats *out,
+                         struct hybrid_layer_stats *per_layer)
+{
+    struct engine *m = (struct engine *)eng;
+    memset(out, 0, sizeof *out);
+    if (engine_state(eng) != ENGINE_READY || !m->hy_on)
+        return false;
+    pthread_mutex_lock(&m->mu);
+    *out = m->hy_stats;
+    if (per_layer)
+        memcpy(per_layer, m->hy_layers, (size_t)out->n_layer * sizeof *per_layer);
+    pthread_mutex_unlock(&m->mu);
+    return true;
 }
 
 uint64_t engine_steps(const struct engine *eng)

@@ -29,14 +29,24 @@
  * positions and counted against the pool: kv_budget bytes, or max_seqs *
  * ctx_size positions when kv_budget is 0; it is freed when the sequence ends.
  *
- * Backend.  With opts.gpu the engine first tries the all-GPU forward pass
- * (model/fwd_gpu.h) on opts.gpu_device: weights, activations and the KV
+ * Backend.  With opts.gpu the engine runs the forward pass on
+ * opts.gpu_device (model/fwd_gpu.h): dense weights, activations and the KV
  * caches (F16) in device memory, the pool capped to what the device has
- * free.  When that fails for any reason (a build without CUDA, no such
- * device, the model or one sequence's KV cache does not fit, a weight type
- * without a GPU kernel) it logs one warning saying why and runs on the CPU
- * (KV caches F32 in host memory).  The choice is made once, at load:
- * engine_info says which.
+ * free.  The routed experts go all on the GPU or hybrid (sched/hybrid.h):
+ *   room   = device memory free at load - the dense weights - an estimate of
+ *            the forward pass's workspace - the KV pool the engine wants
+ *            (kv_budget or max_seqs * ctx_size positions, F16) - 512 MiB;
+ *   budget = expert_budget_frac * room, or min(expert_budget_bytes, room);
+ *   all on the GPU when that budget gives every expert a slot
+ *   (hybrid_slots_for), else hybrid with that many bytes of slots (at least
+ *   HYBRID_MIN_SLOTS x n_expert_used slots), cache_policy, the CPU experts
+ *   on the engine's pool, the cost model of opts.cost_model.
+ * When that fails for any reason (a build without CUDA, no such device, the
+ * dense weights or one sequence's KV cache do not fit, a weight type without
+ * a GPU kernel) it logs one warning saying why and runs on the CPU (KV
+ * caches F32 in host memory).  The choice is made once, at load:
+ * engine_info says which; engine_hybrid_stats gives the hybrid executor's
+ * counters as of the last step.
  *
  * A request ends (sink->finish, its last callback) when it samples an
  * end-of-generation token or its text completes a stop string ("stop"),
@@ -57,9 +67,11 @@
 
 #include "api/http.h"
 #include "api/openai.h"
+#include "cache/cache.h"
 #include "common/err.h"
 #include "model/forward.h"
 #include "model/sample.h"
+#include "sched/hybrid.h"
 
 struct engine;
 struct model;
@@ -74,14 +86,24 @@ enum engine_state {
 
 struct engine_opts {
     const char *model_path;
-    int32_t ctx_size;           /* positions per sequence; 0: the model's (4096 if unknown) */
-    int32_t max_seqs;           /* sequences in the batch at most (>= 1) */
-    int32_t max_queued;         /* requests waiting for a place at most (>= 0) */
-    int32_t prefill_chunk;      /* prompt tokens per step at most (>= 1) */
-    uint64_t kv_budget;         /* bytes for all KV caches; 0: max_seqs * ctx_size positions */
-    int threads;                /* CPU threads; 0: one per physical core */
-    bool gpu;                   /* try the GPU forward pass on gpu_device (else the CPU) */
-    int gpu_device;             /* CUDA device index */
+    int32_t ctx_size;      /* positions per sequence; 0: the model's (4096 if unknown) */
+    int32_t max_seqs;      /* sequences in the batch at most (>= 1) */
+    int32_t max_queued;    /* requests waiting for a place at most (>= 0) */
+    int32_t prefill_chunk; /* prompt tokens per step at most (>= 1) */
+    uint64_t kv_budget;    /* bytes for all KV caches; 0: max_seqs * ctx_size positions */
+    int threads;           /* CPU threads; 0: one per physical core */
+    bool gpu;              /* try the GPU forward pass on gpu_device (else the CPU) */
+    int gpu_device;        /* CUDA device index */
+    /* GPU memory for expert slots (see Backend above): expert_budget_frac > 0:
+     * that fraction of the room; else expert_budget_bytes (both 0: the
+     * minimum of slots, the experts mostly on the CPU) */
+    double expert_budget_frac;
+    uint64_t expert_budget_bytes;
+    enum cache_policy cache_policy; /* hybrid: not CACHE_BELADY */
+    /* the planner's cost model: a `moed calibrate -o` file, loaded by
+     * engine_start (an error naming its line fails it); NULL or "": the
+     * built-in sched_cost_default() */
+    const char *cost_model;
     const char *chat_template;  /* a built-in format's name, or NULL/"": the model's */
     int64_t request_timeout_ms; /* from arrival to the last token; 0: none */
     int64_t keepalive_ms;       /* engine_req.keepalive period; 0: never */
@@ -169,6 +191,15 @@ struct engine_info {
     int gpu_device;                  /* -1 on the CPU */
     char gpu_name[256];              /* the device's name ("" on the CPU) */
     char gpu_fallback[MOED_ERR_MSG]; /* opts.gpu was set but the CPU runs: why ("" otherwise) */
+    /* the hybrid expert executor (gpu and hybrid; zeros otherwise) */
+    bool hybrid;
+    int32_t n_layer;            /* entries of engine_hybrid_stats' per_layer */
+    int32_t hybrid_slots;       /* expert slots on the GPU */
+    int64_t n_experts;          /* routed experts of the model, all layers */
+    uint64_t hybrid_slot_bytes; /* the slot pool's bytes */
+    enum cache_policy cache_policy;
+    bool cost_calibrated; /* the cost model says calibrated = 1 */
+    char cost_model[512]; /* its file ("": the built-in defaults) */
 };
 void engine_info(const struct engine *eng, struct engine_info *out);
 
@@ -237,6 +268,11 @@ struct engine_stats {
     struct fwd_stats fwd;
 };
 void engine_stats_get(const struct engine *eng, struct engine_stats *out);
+/* The hybrid executor's counters (hybrid_stats_get) as the engine thread
+ * copied them after its last step; per_layer: engine_info's n_layer entries
+ * or NULL.  False (out zeroed) when the engine is not READY or not hybrid. */
+bool engine_hybrid_stats(const struct engine *eng, struct hybrid_stats *out,
+                         struct hybrid_layer_stats *per_layer);
 /* Steps run so far (cheap: an atomic read). */
 uint64_t engine_steps(const struct engine *eng);
 

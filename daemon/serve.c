@@ -22,6 +22,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <signal.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -180,7 +181,14 @@ static void log_summary(struct serve *sv)
     double kv_gib =
         (double)info.kv_total_positions * (double)info.kv_bytes_per_position / (1 << 30);
     char backend[400];
-    if (info.gpu)
+    if (info.gpu && info.hybrid)
+        snprintf(backend, sizeof backend,
+                 "GPU %d (%s), hybrid: %d expert slots (%.2f GiB, %.1f%% of the experts), the "
+                 "other experts on the CPU",
+                 info.gpu_device, info.gpu_name, info.hybrid_slots,
+                 (double)info.hybrid_slot_bytes / (1 << 30),
+                 info.n_experts ? 100.0 * info.hybrid_slots / (double)info.n_experts : 0.0);
+    else if (info.gpu)
         snprintf(backend, sizeof backend, "GPU %d (%s), everything on the device", info.gpu_device,
                  info.gpu_name);
     else if (info.gpu_fallback[0])
@@ -482,6 +490,103 @@ static void label_value(char *out, size_t n, const char *s)
     out[k] = 0;
 }
 
+/* One counter per layer of the hybrid executor's per-layer statistics. */
+static void metric_layers(struct api_buf *b, const char *name, const char *help,
+                          const struct hybrid_layer_stats *ls, int32_t n, size_t off)
+{
+    api_buf_printf(b, "# HELP %s %s\n# TYPE %s counter\n", name, help, name);
+    for (int32_t l = 0; l < n; l++) {
+        uint64_t v;
+        memcpy(&v, (const char *)&ls[l] + off, sizeof v);
+        api_buf_printf(b, "%s{layer=\"%d\"} %" PRIu64 "\n", name, l, v);
+    }
+}
+
+/* The hybrid expert executor: the engine's copy of its counters after the
+ * last step (engine_hybrid_stats; the executor itself is the engine
+ * thread's). */
+static void metrics_hybrid(struct serve *sv, struct api_buf *b, const struct engine_info *info)
+{
+    struct hybrid_stats st;
+    struct hybrid_layer_stats *ls = calloc((size_t)info->n_layer, sizeof *ls);
+    if (!ls || !engine_hybrid_stats(sv->eng, &st, ls)) {
+        free(ls);
+        return;
+    }
+    int32_t n = st.n_layer < info->n_layer ? st.n_layer : info->n_layer;
+    char cost[600];
+    label_value(cost, sizeof cost, info->cost_model);
+    api_buf_printf(b,
+                   "# HELP moed_hybrid_info The hybrid expert executor: cache policy, prefetch, "
+                   "whether loads read the registered model file, the cost model's file (\"\": "
+                   "built-in) and whether it was calibrated.\n"
+                   "# TYPE moed_hybrid_info gauge\n"
+                   "moed_hybrid_info{policy=\"%s\",prefetch=\"%s\",registered=\"%s\","
+                   "cost_model=\"%s\",calibrated=\"%s\"} 1\n",
+                   cache_policy_name(st.policy), st.prefetch ? "true" : "false",
+                   st.registered ? "true" : "false", cost,
+                   info->cost_calibrated ? "true" : "false");
+    api_buf_printf(b,
+                   "# HELP moed_expert_cache_slots Expert slots in GPU memory.\n"
+                   "# TYPE moed_expert_cache_slots gauge\nmoed_expert_cache_slots %d\n"
+                   "# HELP moed_expert_cache_bytes GPU memory of the expert slots.\n"
+                   "# TYPE moed_expert_cache_bytes gauge\nmoed_expert_cache_bytes %" PRIu64 "\n",
+                   st.n_slot, st.pool_bytes);
+#define LAYERS(name, field, help)                                                                  \
+    metric_layers(b, name, help, ls, n, offsetof(struct hybrid_layer_stats, field))
+    LAYERS("moed_expert_cache_hits_total", hits,
+           "Activated experts found in a GPU slot, per layer.");
+    LAYERS("moed_expert_cache_misses_total", misses,
+           "Activated experts not in a GPU slot, per layer.");
+    LAYERS("moed_expert_cache_loads_total", loads,
+           "Experts copied into a GPU slot (on demand and prefetched), per layer.");
+    LAYERS("moed_expert_cache_evictions_total", evictions,
+           "GPU slots a layer's experts lost to another expert.");
+    LAYERS("moed_expert_cache_prefetches_total", prefetches,
+           "Experts loaded ahead of their layer on a prediction, per layer.");
+    LAYERS("moed_expert_cache_prefetch_hits_total", prefetch_hits,
+           "Prefetched experts used before their eviction, per layer.");
+#undef LAYERS
+    api_buf_printf(b, "# HELP moed_experts_run_total Activated experts by where they ran: on the "
+                      "CPU, on the GPU from a slot, on the GPU after a load.\n"
+                      "# TYPE moed_experts_run_total counter\n");
+    for (int32_t l = 0; l < n; l++)
+        api_buf_printf(b,
+                       "moed_experts_run_total{layer=\"%d\",place=\"cpu\"} %" PRIu64 "\n"
+                       "moed_experts_run_total{layer=\"%d\",place=\"gpu_cached\"} %" PRIu64 "\n"
+                       "moed_experts_run_total{layer=\"%d\",place=\"gpu_loaded\"} %" PRIu64 "\n",
+                       l, ls[l].cpu, l, ls[l].gpu_cached, l, ls[l].gpu_loaded);
+    api_buf_printf(b, "# HELP moed_pcie_bytes_total Bytes over PCIe: experts copied to GPU slots, "
+                      "hidden rows down and CPU experts' results up.\n"
+                      "# TYPE moed_pcie_bytes_total counter\n");
+    for (int32_t l = 0; l < n; l++)
+        api_buf_printf(b,
+                       "moed_pcie_bytes_total{layer=\"%d\",kind=\"experts\"} %" PRIu64 "\n"
+                       "moed_pcie_bytes_total{layer=\"%d\",kind=\"activations\"} %" PRIu64 "\n",
+                       l, ls[l].load_bytes, l, ls[l].act_bytes);
+    api_buf_printf(b,
+                   "# HELP moed_expert_prediction_tokens_total Prefetch predictions: token x "
+                   "experts-per-token chances.\n"
+                   "# TYPE moed_expert_prediction_tokens_total counter\n"
+                   "moed_expert_prediction_tokens_total %" PRIu64 "\n"
+                   "# HELP moed_expert_prediction_hits_total Predicted experts the tokens then "
+                   "chose.\n"
+                   "# TYPE moed_expert_prediction_hits_total counter\n"
+                   "moed_expert_prediction_hits_total %" PRIu64 "\n",
+                   st.pred_tokens, st.pred_hits);
+    api_buf_printf(b,
+                   "# HELP moed_hybrid_host_seconds_total Host time in the hybrid MoE layers: all "
+                   "of it, waiting for the GPU's routing, computing CPU experts, predicting "
+                   "and issuing prefetches.\n"
+                   "# TYPE moed_hybrid_host_seconds_total counter\n"
+                   "moed_hybrid_host_seconds_total{part=\"all\"} %.6f\n"
+                   "moed_hybrid_host_seconds_total{part=\"wait\"} %.6f\n"
+                   "moed_hybrid_host_seconds_total{part=\"cpu\"} %.6f\n"
+                   "moed_hybrid_host_seconds_total{part=\"predict\"} %.6f\n",
+                   st.host_s, st.wait_s, st.cpu_s, st.predict_s);
+    free(ls);
+}
+
 static void metrics_extra(void *ud, struct api_buf *b)
 {
     struct serve *sv = ud;
@@ -496,6 +601,8 @@ static void metrics_extra(void *ud, struct api_buf *b)
                        "# TYPE moed_backend_info gauge\n"
                        "moed_backend_info{backend=\"%s\",device=\"%d\",name=\"%s\"} 1\n",
                        info.gpu ? "gpu" : "cpu", info.gpu_device, name);
+        if (info.hybrid)
+            metrics_hybrid(sv, b, &info);
     }
     api_buf_printf(b,
                    "# HELP moed_reloads_total SIGHUP reloads.\n"
@@ -533,6 +640,15 @@ static void model_id_from(const struct moed_config *c, char *buf, size_t n)
     if (len > 5 && !strcmp(base + len - 5, ".gguf"))
         len -= 5;
     snprintf(buf, n, "%.*s", (int)len, base);
+}
+
+static enum cache_policy cache_policy_of(int conf_policy)
+{
+    switch (conf_policy) {
+    case CONF_CACHE_LRU: return CACHE_LRU;
+    case CONF_CACHE_LFU: return CACHE_LFU;
+    default: return CACHE_SCORE;
+    }
 }
 
 static int64_t file_mtime(const char *path)
@@ -643,6 +759,12 @@ int cmd_serve(int argc, char **argv)
         .threads = (int)c->threads,
         .gpu = c->gpu_device >= 0,
         .gpu_device = (int)c->gpu_device,
+        .expert_budget_frac =
+            c->expert_cache_budget.is_fraction ? c->expert_cache_budget.fraction : 0,
+        .expert_budget_bytes =
+            c->expert_cache_budget.is_fraction ? 0 : c->expert_cache_budget.bytes,
+        .cache_policy = cache_policy_of(c->cache_policy),
+        .cost_model = c->cost_model,
         .chat_template = c->chat_template,
         .request_timeout_ms = c->request_timeout,
         .keepalive_ms = c->sse_keepalive,

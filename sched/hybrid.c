@@ -55,7 +55,7 @@ struct hybrid {
     double copy_free_at;           /* host clock when the copy engine runs dry (s) */
     double last_wait_us;
     struct sched_plan plan;
-    bool trace; /* MOED_HYBRID_TRACE set: one stderr line per layer step */
+    int trace; /* MOED_HYBRID_TRACE: 1 one stderr line per layer step, 2 each stage */
     /* statistics */
     struct hybrid_stats st;
     struct hybrid_layer_stats *ls; /* [n_layer], cache counters filled on get */
@@ -230,7 +230,7 @@ int hybrid_new(struct hybrid **out, const struct model *m, const struct hybrid_o
     hy->B = o->max_batch;
     hy->pres_layer = -1;
     hy->prev_layer = -1;
-    hy->trace = getenv("MOED_HYBRID_TRACE") && *getenv("MOED_HYBRID_TRACE");
+    hy->trace = getenv("MOED_HYBRID_TRACE") ? atoi(getenv("MOED_HYBRID_TRACE")) : 0;
     int rc;
     size_t E = (size_t)hy->E, K = (size_t)hy->K, B = (size_t)hy->B, d = (size_t)hy->d;
     if (hy->E > SCHED_PLAN_MAX) {
@@ -439,6 +439,12 @@ static int prefetch(struct hybrid *hy, int32_t layer, const float *x, int32_t n,
     return 0;
 }
 
+#define TRACE2(what)                                                                               \
+    do {                                                                                           \
+        if (hy->trace > 1)                                                                         \
+            fprintf(stderr, "hybrid: layer %d: %s at %.0f us\n", L, what, (now_s() - t0) * 1e6); \
+    } while (0)
+
 int hybrid_moe(struct hybrid *hy, kc_stream st, const struct hybrid_io *io, struct moed_err *e)
 {
     double t0 = now_s();
@@ -459,6 +465,7 @@ int hybrid_moe(struct hybrid *hy, kc_stream st, const struct hybrid_io *io, stru
         return rc;
     ls->act_bytes += nk * 8 + (size_t)n * d * sizeof(float);
 
+    TRACE2("d2h");
     /* 5. prefetch this layer's experts, predicted from the previous layer */
     double tp = now_s();
     if (hy->pred && hy->prev_layer == L - 1 && L > 0 && hy->prev_n == n &&
@@ -466,6 +473,7 @@ int hybrid_moe(struct hybrid *hy, kc_stream st, const struct hybrid_io *io, stru
         return rc;
     double tw = now_s();
     hy->st.predict_s += tw - tp;
+    TRACE2("prefetched");
     if ((rc = kc_event_sync(hy->ev_d2h, e)))
         return rc;
     double tr = now_s();
@@ -476,6 +484,7 @@ int hybrid_moe(struct hybrid *hy, kc_stream st, const struct hybrid_io *io, stru
     if ((rc = poll_loaded(hy, e)))
         return rc;
 
+    TRACE2("synced");
     /* 2. count, look up, plan */
     memset(hy->cnt, 0, sizeof(int32_t) * (size_t)E);
     for (size_t i = 0; i < nk; i++) {
@@ -518,6 +527,7 @@ int hybrid_moe(struct hybrid *hy, kc_stream st, const struct hybrid_io *io, stru
             goto out;
         hy->st.plan_est_us += hy->plan.makespan_us;
     }
+    TRACE2("planned");
     /* placements; loads in the plan's order */
     for (int32_t i = 0; i < n_act; i++) {
         int32_t x = hy->act[i];
@@ -539,6 +549,7 @@ int hybrid_moe(struct hybrid *hy, kc_stream st, const struct hybrid_io *io, stru
                 goto out;
         }
 
+    TRACE2("loads");
     /* 3. the grouping: GPU experts' pairs first, then the CPU's */
     struct kc_moe_groups hg;
     kc_moe_groups_at(&hg, hy->h_groups, hy->B, K, E, io->tile);
@@ -582,6 +593,7 @@ int hybrid_moe(struct hybrid *hy, kc_stream st, const struct hybrid_io *io, stru
     if ((rc = kc_h2d(io->groups_ws, hy->h_groups, hy->groups_bytes[io->tile == 64], st, e)))
         goto out;
 
+    TRACE2("grouped");
     /* GPU experts: pointer table, wait for loads, kernels */
     if (n_tiles) {
         for (int32_t i = 0; i < n_act; i++) {
@@ -613,6 +625,7 @@ int hybrid_moe(struct hybrid *hy, kc_stream st, const struct hybrid_io *io, stru
         }
     }
 
+    TRACE2("gpu enqueued");
     /* 4. CPU experts on the pool, while the GPU runs its own; results up */
     if (n_cpu_pairs) {
         double tc = now_s();

@@ -249,12 +249,11 @@ static uint8_t flip(const struct sched_plan_expert *ex, int i, uint8_t p)
 
 /* Best-improvement local search over moves and swaps. */
 static double improve(const struct ctx *x, const struct sched_plan_expert *ex, uint8_t *place,
-                      double best)
+                      double best, int max_iter, bool swaps)
 {
     struct ends o;
     int n = x->n;
-    bool swaps = n <= SCHED_PLAN_SWAP_MAX;
-    for (int iter = 0; iter < 4 * n + 4; iter++) {
+    for (int iter = 0; iter < max_iter; iter++) {
         double cand = best;
         int bi = -1, bj = -1;
         for (int i = 0; i < n; i++) {
@@ -349,10 +348,20 @@ static void search(const struct ctx *x, const struct sched_plan_expert *ex, uint
      * moves and swaps stall in different places from different starts */
     int bs = 0;
     double best = INFINITY;
-    for (int s = 0; s < 3; s++) {
-        double v = improve(x, ex, start[s], eval(x, start[s], &o));
-        if (v < best)
-            best = v, bs = s;
+    if (n > SCHED_PLAN_BIG) { /* prefill: the best start, a few moves (time-bounded) */
+        for (int s = 0; s < 3; s++) {
+            double v = eval(x, start[s], &o);
+            if (v < best)
+                best = v, bs = s;
+        }
+        improve(x, ex, start[bs], best, SCHED_PLAN_BIG_ITER, false);
+    } else {
+        for (int s = 0; s < 3; s++) {
+            double v = improve(x, ex, start[s], eval(x, start[s], &o), 4 * n + 4,
+                               n <= SCHED_PLAN_SWAP_MAX);
+            if (v < best)
+                best = v, bs = s;
+        }
     }
     memcpy(best_place, start[bs], (size_t)n);
 }

@@ -41,6 +41,13 @@
 
 #define SCHED_PLAN_MAX 256      /* activated experts in one layer */
 #define SCHED_PLAN_SWAP_MAX 64  /* above this, local search moves only */
+/* Above SCHED_PLAN_BIG experts (prefill, big decode batches), the search
+ * improves only the best of its three starts, by at most
+ * SCHED_PLAN_BIG_ITER single moves: the plan is on the critical path of
+ * every layer, and a full local search over 32 experts takes ~2-3 ms, over
+ * 128 ~15 ms. */
+#define SCHED_PLAN_BIG 16
+#define SCHED_PLAN_BIG_ITER 8
 /* Up to this many activated experts the planner tries every placement (at
  * most 2^10 timeline evaluations, each with its Johnson load order): a
  * single sequence's decode step (top-8) always gets the optimum.  Above it,

@@ -878,6 +878,59 @@ TEST(conf_validate_and_files)
     unlink(model);
 }
 
+/* cost_model: empty is fine (the built-in figures); a file must be readable
+ * and load as a cost model, an error naming its line otherwise. */
+TEST(conf_cost_model_file)
+{
+    struct moed_config c;
+    struct conf_diag d;
+    char model[512], good[512], bad[512], text[2000];
+    snprintf(model, sizeof model, "%s", write_tmp("cm.gguf", "GGUF"));
+    snprintf(good, sizeof good, "%s",
+             write_tmp("good.cost", "# moed cost model\ncalibrated = 1\nload_us = 5\n"
+                                    "type.q4_k.bytes = 2654208\ntype.q4_k.cpu_us = 3\n"
+                                    "type.q4_k.cpu_us_tok = 30\ntype.q4_k.gpu_us = 4\n"
+                                    "type.q4_k.gpu_us_tok = 0.5\n"));
+    snprintf(bad, sizeof bad, "%s", write_tmp("bad.cost", "load_us = 5\nh2d_gbs = fast\n"));
+
+    load_text(&c, &d, "");
+    CHECK(!strcmp(c.cost_model, ""));
+    conf_diag_free(&d);
+    conf_free(&c);
+
+    snprintf(text, sizeof text, "model = %s\ncost_model = %s\n", model, good);
+    load_text(&c, &d, text);
+    CHECK_EQ(conf_check_files(&c, &d), 0);
+    CHECK_EQ(d.errors, 0);
+    conf_diag_free(&d);
+    conf_free(&c);
+
+    snprintf(text, sizeof text, "model = %s\ncost_model = %s\n", model, bad);
+    load_text(&c, &d, text);
+    CHECK(conf_check_files(&c, &d) != 0);
+    char want[700];
+    snprintf(want, sizeof want, "moed.conf:2: cost_model = %s: not a cost model", bad);
+    CHECK_DIAG(&d, true, want);
+    snprintf(want, sizeof want, "%s:2:", bad);
+    CHECK_DIAG(&d, true, want);
+    CHECK_DIAG(&d, true, "h2d_gbs");
+    conf_diag_free(&d);
+    conf_free(&c);
+
+    snprintf(text, sizeof text, "model = %s\ncost_model = /nonexistent/cost.txt\n", model);
+    load_text(&c, &d, text);
+    CHECK_EQ(conf_check_files(&c, &d), MOED_EIO);
+    CHECK_DIAG(&d, true, "moed.conf:2: cost_model = /nonexistent/cost.txt: cannot read");
+    conf_diag_free(&d);
+    conf_free(&c);
+
+    /* not reloadable */
+    CHECK(!(conf_options[CONF_OPT_cost_model].flags & CONF_F_RELOAD));
+    unlink(model);
+    unlink(good);
+    unlink(bad);
+}
+
 /* ---- reload ---- */
 
 TEST(conf_reload_classification)

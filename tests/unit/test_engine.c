@@ -10,7 +10,9 @@
  *   - a full queue refuses (MOED_ERANGE), draining refuses (MOED_EIO);
  *   - a long prompt is prefilled in prefill_chunk pieces while another
  *     sequence decodes a token in every one of those steps;
- *   - a request past its deadline in the queue ends with TIMEOUT.
+ *   - a request past its deadline in the queue ends with TIMEOUT;
+ *   - a cost_model file that does not load fails engine_start naming its
+ *     line; the CPU backend reports no hybrid executor and no counters.
  */
 #include <pthread.h>
 #include <stdlib.h>
@@ -479,5 +481,56 @@ TEST(engine_timeout_in_queue_and_logprobs)
     CHECK(b.admitted);
     CHECK(b.n_toks > 0);
     CHECK_EQ(b.n_lp, b.n_toks);
+    engine_free(eng);
+}
+
+/* The cost model is read at engine_start: a bad file fails it, naming the
+ * file and line; the CPU backend has no hybrid executor and no hybrid
+ * counters; Belady (an offline bound) is not a policy to run. */
+TEST(engine_cost_model_and_no_hybrid_on_cpu)
+{
+    const char *path = model_path();
+    REQUIRE(path);
+    char bad[512];
+    snprintf(bad, sizeof bad, "%s/engine-bad.cost", test_tmp_dir());
+    FILE *f = fopen(bad, "w");
+    REQUIRE(f);
+    fputs("load_us = 5\nno equals sign here\n", f);
+    fclose(f);
+    struct engine_opts o = {.model_path = path,
+                            .ctx_size = 512,
+                            .max_seqs = 1,
+                            .prefill_chunk = 64,
+                            .threads = 1,
+                            .cost_model = bad};
+    struct engine *eng = NULL;
+    struct moed_err e = {0};
+    CHECK(engine_start(&eng, &o, &e) != 0);
+    CHECK(eng == NULL);
+    char want[600];
+    snprintf(want, sizeof want, "cost_model: %s:2:", bad);
+    CHECK_MSG(strstr(e.msg, want), "got: %s", e.msg);
+    remove(bad);
+
+    o.cost_model = NULL;
+    o.cache_policy = CACHE_BELADY;
+    CHECK_EQ(engine_start(&eng, &o, &e), MOED_EINVAL);
+    o.cache_policy = CACHE_SCORE;
+    o.expert_budget_frac = 1.5;
+    CHECK_EQ(engine_start(&eng, &o, &e), MOED_EINVAL);
+
+    eng = start(1, 0, 64);
+    REQUIRE(eng);
+    struct engine_info info;
+    engine_info(eng, &info);
+    CHECK(!info.gpu && !info.hybrid);
+    CHECK_EQ(info.hybrid_slots, 0);
+    CHECK_EQ(info.n_layer, 2);
+    CHECK_EQ(info.n_experts, 16);
+    CHECK(!info.cost_calibrated && info.cost_model[0] == 0);
+    struct hybrid_stats hs;
+    struct hybrid_layer_stats ls[2];
+    CHECK(!engine_hybrid_stats(eng, &hs, ls));
+    CHECK_EQ(hs.n_slot, 0);
     engine_free(eng);
 }
