@@ -58,7 +58,7 @@ struct fwd_gpu {
     /* device workspace */
     void *ws;
     float *x, *h, *q, *k, *v, *att, *rl, *wts, *act, *ypair, *sh_g, *sh_u, *sh_y, *sh_logit,
-        *logits;
+        *logits, *rl_next;
     int32_t *ids;
     void *groups_ws;
     void *attn_ws;
@@ -275,7 +275,8 @@ int fwd_gpu_new(struct fwd_gpu **out, const struct model *m, const struct fwd_gp
                       B * kvd * f4,    B * qd * f4,      B * E * f4,       B * K * f4,
                       B * K * ff * f4, B * K * d * f4,   B * sf * f4,      B * sf * f4,
                       B * d * f4,      B * f4,           B * (size_t)hp->n_vocab * f4,
-                      B * K * 4,       gs8 > gs64 ? gs8 : gs64, attn_ws,   g->in_bytes};
+                      B * K * 4,       gs8 > gs64 ? gs8 : gs64, attn_ws,   g->in_bytes,
+                      (size_t)HYBRID_PREDICT_MAX_TOK * E * f4};
     size_t nws = sizeof sizes / sizeof sizes[0], wsb = 0;
     for (size_t i = 0; i < nws; i++)
         wsb += al(sizes[i]);
@@ -384,7 +385,8 @@ int fwd_gpu_new(struct fwd_gpu **out, const struct model *m, const struct fwd_gp
                     (void **)&g->v,     (void **)&g->att,   (void **)&g->rl,    (void **)&g->wts,
                     (void **)&g->act,   (void **)&g->ypair, (void **)&g->sh_g,  (void **)&g->sh_u,
                     (void **)&g->sh_y,  (void **)&g->sh_logit, (void **)&g->logits,
-                    (void **)&g->ids,   &g->groups_ws,      &g->attn_ws,        &g->din};
+                    (void **)&g->ids,   &g->groups_ws,      &g->attn_ws,        &g->din,
+                    (void **)&g->rl_next};
     for (size_t i = 0; i < nws; i++) {
         *dst[i] = p;
         p += al(sizes[i]);
@@ -466,8 +468,15 @@ static int layer(struct fwd_gpu *g, int32_t il, int32_t n, bool decode, struct m
         struct hybrid_io io = {.layer = il, .n_tok = n, .tile = tile, .h = g->h, .ids = g->ids,
                                .wts = g->wts, .groups_ws = g->groups_ws, .act = g->act,
                                .ypair = g->ypair};
-        if ((rc = kc_moe_route(st, g->rl, n, E, K, hp->norm_topk, g->ids, g->wts, e)) ||
-            (rc = hybrid_moe(g->hy, st, &io, e)))
+        if ((rc = kc_moe_route(st, g->rl, n, E, K, hp->norm_topk, g->ids, g->wts, e)))
+            return rc;
+        /* the next layer's router on these rows: what the prefetcher predicts from */
+        if (il + 1 < hp->n_layer && n <= HYBRID_PREDICT_MAX_TOK) {
+            if ((rc = kc_matmul(st, &g->L[il + 1].router, g->h, n, g->rl_next, NULL, false, e)))
+                return rc;
+            io.next_logits = g->rl_next;
+        }
+        if ((rc = hybrid_moe(g->hy, st, &io, e)))
             return rc;
     } else if ((rc = kc_moe_route_group(st, g->rl, n, E, K, hp->norm_topk, g->ids, g->wts, tile,
                                         &grp, e)) ||

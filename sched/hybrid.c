@@ -36,6 +36,7 @@ struct hybrid {
     float *h_wts;                  /* pinned [B][K] */
     float *h_x[2];                 /* pinned [B][d], by layer parity */
     float *h_y;                    /* pinned [B*K][d]: CPU experts' rows */
+    float *h_next;                 /* pinned [HYBRID_PREDICT_MAX_TOK][E]: next router's logits */
     /* host scratch, per expert */
     int32_t *cnt, *first, *fill, *slot_of, *place_of, *act;
     struct sched_plan_expert *pex;
@@ -51,7 +52,6 @@ struct hybrid {
     int32_t pres_layer;            /* layer pres predicts for this step, -1: none */
     struct predict_pick *picks;    /* [E] */
     bool *cached_map;              /* [E] */
-    int32_t prev_layer, prev_n;    /* the last layer seen in this step */
     double copy_free_at;           /* host clock when the copy engine runs dry (s) */
     double last_wait_us;
     struct sched_plan plan;
@@ -117,6 +117,7 @@ void hybrid_free(struct hybrid *hy)
     kc_host_free(hy->h_x[0]);
     kc_host_free(hy->h_x[1]);
     kc_host_free(hy->h_y);
+    kc_host_free(hy->h_next);
     free(hy->cost_type);
     free(hy->mx);
     free(hy->kx);
@@ -229,7 +230,6 @@ int hybrid_new(struct hybrid **out, const struct model *m, const struct hybrid_o
     hy->d = hp->n_embd;
     hy->B = o->max_batch;
     hy->pres_layer = -1;
-    hy->prev_layer = -1;
     hy->trace = getenv("MOED_HYBRID_TRACE") ? atoi(getenv("MOED_HYBRID_TRACE")) : 0;
     int rc;
     size_t E = (size_t)hy->E, K = (size_t)hy->K, B = (size_t)hy->B, d = (size_t)hy->d;
@@ -327,7 +327,8 @@ int hybrid_new(struct hybrid **out, const struct model *m, const struct hybrid_o
         (rc = kc_host_alloc((void **)&hy->h_wts, B * K * sizeof(float), e)) ||
         (rc = kc_host_alloc((void **)&hy->h_x[0], B * d * sizeof(float), e)) ||
         (rc = kc_host_alloc((void **)&hy->h_x[1], B * d * sizeof(float), e)) ||
-        (rc = kc_host_alloc((void **)&hy->h_y, B * K * d * sizeof(float), e)))
+        (rc = kc_host_alloc((void **)&hy->h_y, B * K * d * sizeof(float), e)) ||
+        (rc = kc_host_alloc((void **)&hy->h_next, HYBRID_PREDICT_MAX_TOK * E * sizeof(float), e)))
         goto fail;
     memset(hy->h_table, 0, 3 * E * sizeof(void *));
     for (int32_t il = 0; il < hy->n_layer; il++) {
@@ -359,7 +360,6 @@ int hybrid_new(struct hybrid **out, const struct model *m, const struct hybrid_o
         if ((rc = predict_new(&hy->pred, m, hy->B, e)) ||
             (rc = predict_result_alloc(hy->pred, &hy->pres, e)))
             goto fail;
-        predict_set_pool(hy->pred, o->pool);
     }
 
     /* the initial fill: round-robin over layers, or whole layers in order */
@@ -401,24 +401,26 @@ fail:
 
 void hybrid_step_begin(struct hybrid *hy)
 {
-    hy->prev_layer = -1;
     hy->pres_layer = -1;
 }
 
-/* Predict layer `layer` from the previous layer's rows x and load the best
- * uncached experts into slots within the copy engine's expected idle time. */
-static int prefetch(struct hybrid *hy, int32_t layer, const float *x, int32_t n, struct moed_err *e)
+/* Prefetch for layer `layer` (the next one): its router's logits for this
+ * step's rows came down with the routing; load the uncached experts worth
+ * most into slots, within the copy engine's expected idle time before that
+ * layer plans: budget_us from now. */
+static int prefetch(struct hybrid *hy, int32_t layer, int32_t n, double budget_us,
+                    struct moed_err *e)
 {
-    int rc = predict_run(hy->pred, layer, x, n, &hy->pres, e);
+    int rc = predict_from_logits(hy->pred, layer, hy->h_next, n, &hy->pres, e);
     if (rc)
         return rc;
     hy->pres_layer = layer;
-    for (int32_t i = 0; i < hy->E; i++)
-        hy->cached_map[i] = cache_lookup(hy->cache, layer, i) >= 0;
     double busy_us = (hy->copy_free_at - now_s()) * 1e6;
-    double budget = hy->last_wait_us - (busy_us > 0 ? busy_us : 0);
+    double budget = budget_us - (busy_us > 0 ? busy_us : 0);
     if (budget <= 0)
         return 0;
+    for (int32_t i = 0; i < hy->E; i++)
+        hy->cached_map[i] = cache_lookup(hy->cache, layer, i) >= 0;
     struct predict_score_in in = {.cost = &hy->cost,
                                   .type = hy->cost_type[layer],
                                   .n_expert = hy->E,
@@ -457,30 +459,25 @@ int hybrid_moe(struct hybrid *hy, kc_stream st, const struct hybrid_io *io, stru
     int buf = L & 1;
     size_t nk = (size_t)n * (size_t)K;
 
-    /* 1. routing and hidden rows down */
+    /* 1. routing and hidden rows down (and the next router's logits) */
+    bool predict = hy->pred && io->next_logits && n <= HYBRID_PREDICT_MAX_TOK;
     if ((rc = kc_d2h(hy->h_ids, io->ids, nk * sizeof(int32_t), st, e)) ||
         (rc = kc_d2h(hy->h_wts, io->wts, nk * sizeof(float), st, e)) ||
         (rc = kc_d2h(hy->h_x[buf], io->h, (size_t)n * d * sizeof(float), st, e)) ||
+        (predict &&
+         (rc = kc_d2h(hy->h_next, io->next_logits, (size_t)n * E * sizeof(float), st, e))) ||
         (rc = kc_event_record(hy->ev_d2h, st, e)))
         return rc;
     ls->act_bytes += nk * 8 + (size_t)n * d * sizeof(float);
 
     TRACE2("d2h");
-    /* 5. prefetch this layer's experts, predicted from the previous layer */
-    double tp = now_s();
-    if (hy->pred && hy->prev_layer == L - 1 && L > 0 && hy->prev_n == n &&
-        (rc = prefetch(hy, L, hy->h_x[buf ^ 1], n, e)))
-        return rc;
     double tw = now_s();
-    hy->st.predict_s += tw - tp;
     TRACE2("prefetched");
     if ((rc = kc_event_sync(hy->ev_d2h, e)))
         return rc;
     double tr = now_s();
     hy->st.wait_s += tr - tw;
-    hy->last_wait_us = (tr - tp) * 1e6;
-    hy->prev_layer = L;
-    hy->prev_n = n;
+    hy->last_wait_us = (tr - tw) * 1e6;
     if ((rc = poll_loaded(hy, e)))
         return rc;
 
@@ -549,6 +546,14 @@ int hybrid_moe(struct hybrid *hy, kc_stream st, const struct hybrid_io *io, stru
                 goto out;
         }
 
+    /* 5. prefetch the next layer's predicted experts behind this layer's loads */
+    if (predict && L + 1 < hy->n_layer) {
+        double tp = now_s();
+        double idle = (planned ? hy->plan.makespan_us : 0) + hy->last_wait_us;
+        if ((rc = prefetch(hy, L + 1, n, idle, e)))
+            goto out;
+        hy->st.predict_s += now_s() - tp;
+    }
     TRACE2("loads");
     /* 3. the grouping: GPU experts' pairs first, then the CPU's */
     struct kc_moe_groups hg;

@@ -22,11 +22,13 @@
  *      (moe_cpu_rows) into pinned memory and uploads them into the pairs'
  *      rows of the device's per-pair output, so kc_moe_combine sums every
  *      token's experts in slot order as in the all-GPU path;
- *   5. prefetch: before waiting in 1, it predicts this layer's experts from
- *      the previous layer's hidden rows (sched/predict.h: the layer's router
- *      applied to them) and loads the uncached ones worth most (expected time
- *      saved per load-us) into slots while the GPU runs attention, within the
- *      copy engine's idle time (the last measured wait).
+ *   5. prefetch (decode steps of at most HYBRID_PREDICT_MAX_TOK tokens):
+ *      the forward pass also applies the next layer's router to h on the GPU
+ *      (next_logits, one small matvec); from those logits (sched/predict.h)
+ *      the next layer's uncached experts worth most (expected time saved per
+ *      load-us) are loaded into slots behind this layer's own loads, within
+ *      the copy engine's expected idle time until the next layer plans (this
+ *      plan's makespan plus the last wait for the routing).
  *
  * Budgets: n_slot slots of gpu_slots_slot_bytes; at least HYBRID_MIN_SLOTS
  * x the experts per token (so one layer's loads of a decode step fit).
@@ -56,6 +58,8 @@
 #include "sched/pool.h"
 
 #define HYBRID_MIN_SLOTS 2 /* x n_expert_used */
+/* Steps of at most this many tokens predict the next layer (decode). */
+#define HYBRID_PREDICT_MAX_TOK 8
 
 struct hybrid_opts {
     int32_t max_batch;
@@ -125,6 +129,9 @@ struct hybrid_io {
     const float *h;
     const int32_t *ids;
     const float *wts;
+    /* [n][n_expert]: the next layer's router applied to h (for prefetch;
+     * NULL: none, e.g. the last layer or n > HYBRID_PREDICT_MAX_TOK) */
+    const float *next_logits;
     void *groups_ws;
     float *act, *ypair;
 };

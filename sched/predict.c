@@ -131,24 +131,18 @@ void predict_result_free(struct predict_result *r)
     r->layer = -1;
 }
 
-int predict_run(struct predictor *p, int32_t layer, const float *x, int32_t n_tok,
-                struct predict_result *r, struct moed_err *e)
+/* Softmax and top-k of each token's logits ([n_tok][n_expert]) into r. */
+static void from_logits(struct predictor *p, int32_t layer, const float *logits, int32_t n_tok,
+                        struct predict_result *r)
 {
-    if (layer < 0 || layer >= p->n_layer || n_tok < 1 || n_tok > p->max_tok ||
-        r->n_expert != p->n_expert || r->k != p->k)
-        return moed_err_set(e, MOED_EINVAL, "predict: layer %d, %d tokens (of %d layers, max %d)",
-                            layer, n_tok, p->n_layer, p->max_tok);
-    int32_t E = p->n_expert, d = p->n_embd, k = p->k;
-    const float *W = p->router + (size_t)layer * (size_t)E * (size_t)d;
+    int32_t E = p->n_expert, k = p->k;
     for (int32_t i = 0; i < E; i++) {
         r->tokens[i] = 0;
         r->mass[i] = 0;
         r->p_used[i] = 1; /* prod_t (1 - q_t(e)) until the end */
     }
-    struct logits_job job = {.p = p, .W = W, .x = x, .n_tok = n_tok};
-    ops_par(p->pool, logits_part, &job);
     for (int32_t t = 0; t < n_tok; t++) {
-        memcpy(p->probs, p->logits + (size_t)t * E, sizeof(float) * (size_t)E);
+        memcpy(p->probs, logits + (size_t)t * E, sizeof(float) * (size_t)E);
         ops_softmax(p->probs, E);
         int32_t *ids = r->ids + (size_t)t * k;
         ops_topk(p->probs, E, k, ids, p->topv);
@@ -164,6 +158,41 @@ int predict_run(struct predictor *p, int32_t layer, const float *x, int32_t n_to
         r->p_used[i] = 1 - r->p_used[i];
     r->layer = layer;
     r->n_tok = n_tok;
+}
+
+static int check_args(const struct predictor *p, int32_t layer, int32_t n_tok,
+                      const struct predict_result *r, struct moed_err *e)
+{
+    if (layer < 0 || layer >= p->n_layer || n_tok < 1 || n_tok > p->max_tok ||
+        r->n_expert != p->n_expert || r->k != p->k)
+        return moed_err_set(e, MOED_EINVAL, "predict: layer %d, %d tokens (of %d layers, max %d)",
+                            layer, n_tok, p->n_layer, p->max_tok);
+    return 0;
+}
+
+int predict_run(struct predictor *p, int32_t layer, const float *x, int32_t n_tok,
+                struct predict_result *r, struct moed_err *e)
+{
+    int rc = check_args(p, layer, n_tok, r, e);
+    if (rc)
+        return rc;
+    if (!p->router)
+        return moed_err_set(e, MOED_EINVAL, "predict: made without routers (logits only)");
+    int32_t E = p->n_expert, d = p->n_embd;
+    const float *W = p->router + (size_t)layer * (size_t)E * (size_t)d;
+    struct logits_job job = {.p = p, .W = W, .x = x, .n_tok = n_tok};
+    ops_par(p->pool, logits_part, &job);
+    from_logits(p, layer, p->logits, n_tok, r);
+    return 0;
+}
+
+int predict_from_logits(struct predictor *p, int32_t layer, const float *logits, int32_t n_tok,
+                        struct predict_result *r, struct moed_err *e)
+{
+    int rc = check_args(p, layer, n_tok, r, e);
+    if (rc)
+        return rc;
+    from_logits(p, layer, logits, n_tok, r);
     return 0;
 }
 

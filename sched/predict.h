@@ -80,6 +80,12 @@ struct predict_result {
 int predict_result_alloc(const struct predictor *p, struct predict_result *r, struct moed_err *e);
 void predict_result_free(struct predict_result *r);
 
+/* The same from the router logits of layer `layer` for each token
+ * ([n_tok][n_expert]), computed elsewhere (the hybrid engine applies the
+ * next layer's router on the GPU). */
+int predict_from_logits(struct predictor *p, int32_t layer, const float *logits, int32_t n_tok,
+                        struct predict_result *r, struct moed_err *e);
+
 /* Predict layer `layer` from rows x ([n_tok][n_embd], 1 <= n_tok <= max_tok). */
 int predict_run(struct predictor *p, int32_t layer, const float *x, int32_t n_tok,
                 struct predict_result *r, struct moed_err *e);
