@@ -290,6 +290,8 @@ int hybrid_new(struct hybrid **out, const struct model *m, const struct hybrid_o
     }
 
     int32_t n_slot = hybrid_slots_for(m, o);
+    if (hy->trace > 1)
+        fprintf(stderr, "hybrid: new: %d slots\n", n_slot);
     if ((rc = kc_stream_new(&hy->copy, e)) || (rc = kc_event_new_sync(&hy->ev_d2h, e)))
         goto fail;
     if ((rc = gpu_slots_new(&hy->gs, m,
@@ -362,6 +364,8 @@ int hybrid_new(struct hybrid **out, const struct model *m, const struct hybrid_o
             goto fail;
     }
 
+    if (hy->trace > 1)
+        fprintf(stderr, "hybrid: new: buffers, executor, predictor ready\n");
     /* the initial fill: round-robin over layers, or whole layers in order */
     for (int32_t s = 0; s < n_slot; s++) {
         int32_t il = o->static_layers ? s / hy->E : s % hy->n_layer;
@@ -381,6 +385,8 @@ int hybrid_new(struct hybrid **out, const struct model *m, const struct hybrid_o
             cache_ready(hy->cache, s);
     }
     cache_stats_reset(hy->cache);
+    if (hy->trace > 1)
+        fprintf(stderr, "hybrid: new: slots filled\n");
 
     struct gpu_slots_stats gst;
     gpu_slots_get_stats(hy->gs, &gst);
@@ -419,8 +425,13 @@ static int prefetch(struct hybrid *hy, int32_t layer, int32_t n, double budget_u
     double budget = budget_us - (busy_us > 0 ? busy_us : 0);
     if (budget <= 0)
         return 0;
-    for (int32_t i = 0; i < hy->E; i++)
+    /* only experts some token is predicted to choose: the heuristic P(used)
+     * of the rest (k p summed over tokens) is too weak a reason to evict */
+    for (int32_t i = 0; i < hy->E; i++) {
         hy->cached_map[i] = cache_lookup(hy->cache, layer, i) >= 0;
+        if (hy->pres.tokens[i] < 1)
+            hy->pres.p_used[i] = 0;
+    }
     struct predict_score_in in = {.cost = &hy->cost,
                                   .type = hy->cost_type[layer],
                                   .n_expert = hy->E,
@@ -512,8 +523,11 @@ int hybrid_moe(struct hybrid *hy, kc_stream st, const struct hybrid_io *io, stru
         hy->slot_of[x] = s;
         if (s >= 0)
             hy->pinned[n_pin++] = s;
+        /* a hit whose copy is still in flight (a prefetch) is planned as a
+         * load that has been paid for: LOAD_GPU waits for it, CPU ignores it */
+        bool ready = s >= 0 && !hy->in_loading[s];
         hy->pex[n_act] = (struct sched_plan_expert){
-            .id = x, .n_tok = hy->cnt[x], .type = hy->cost_type[L], .cached = s >= 0};
+            .id = x, .n_tok = hy->cnt[x], .type = hy->cost_type[L], .cached = ready};
         hy->act[n_act++] = x;
     }
     bool planned = !hy->o.static_layers && !hy->o.no_plan;
@@ -535,6 +549,8 @@ int hybrid_moe(struct hybrid *hy, kc_stream st, const struct hybrid_io *io, stru
     if (planned)
         for (int q = 0; q < hy->plan.n_load; q++) {
             int32_t x = hy->act[hy->plan.load_order[q]];
+            if (hy->slot_of[x] >= 0)
+                continue; /* in flight already: the GPU waits for that copy */
             int32_t s = cache_admit(hy->cache, L, x);
             if (s < 0) {
                 hy->place_of[x] = SCHED_PLACE_CPU; /* no slot could be given up */
@@ -549,8 +565,9 @@ int hybrid_moe(struct hybrid *hy, kc_stream st, const struct hybrid_io *io, stru
     /* 5. prefetch the next layer's predicted experts behind this layer's loads */
     if (predict && L + 1 < hy->n_layer) {
         double tp = now_s();
-        double idle = (planned ? hy->plan.makespan_us : 0) + hy->last_wait_us;
-        if ((rc = prefetch(hy, L + 1, n, idle, e)))
+        /* the copy engine's idle window: the next layer's attention, as long
+         * as this layer's wait for its routing took */
+        if ((rc = prefetch(hy, L + 1, n, hy->last_wait_us, e)))
             goto out;
         hy->st.predict_s += now_s() - tp;
     }
