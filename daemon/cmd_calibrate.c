@@ -5,8 +5,10 @@
  * Measures the hybrid engine's cost model (sched/cost.h) on this machine
  * with sched/calib.h: per expert type the CPU executor's time against the
  * token count on a pool of --threads workers, and with --gpu the kernels'
- * time against the token count, H2D loads against bytes, CPU and H2D rates
- * while both run, and the per-side overheads.  The model goes to -o FILE
+ * time against the token count (one expert a launch, the decode segment
+ * gpu_us/_tok; and an expert's share of tile-64 launches of many experts,
+ * the prefill segment gpu_mma_us/_tok), H2D loads against bytes, CPU and
+ * H2D rates while both run, and the per-side overheads.  The model goes to -o FILE
  * (sched_cost_save's format) or stdout; every measurement and fit is printed
  * on stderr.  --show loads a file (sched_cost_load) and prints it.
  * Exit status 0, 1 for a runtime error (one line), 2 for a usage error.
@@ -32,10 +34,11 @@ static const char usage[] =
     "\n"
     "Measure the hybrid engine's cost model on this machine: per expert type, the CPU\n"
     "executor's time for one expert against the token count (1..64) on the worker pool;\n"
-    "with --gpu also the GPU kernels' time, H2D loads against bytes, CPU and H2D rates while\n"
-    "both run, and the per-layer side overheads. Writes the model (moed's cost file format)\n"
-    "to -o FILE or stdout, and every measurement and fit on stderr. Without --gpu the GPU\n"
-    "figures keep the built-in defaults and the file says calibrated = 0.\n"
+    "with --gpu also the GPU kernels' time (one expert a launch, and per expert in tile-64\n"
+    "launches of many experts, as prefill runs them), H2D loads against bytes, CPU and H2D\n"
+    "rates while both run, and the per-layer side overheads. Writes the model (moed's cost\n"
+    "file format) to -o FILE or stdout, and every measurement and fit on stderr. Without\n"
+    "--gpu the GPU figures keep the built-in defaults and the file says calibrated = 0.\n"
     "\n"
     "  -m, --model FILE     GGUF model whose expert types are measured\n"
     "  --gpu N              also measure CUDA device N\n"

@@ -20,8 +20,11 @@
 
 const int calib_ntok[CALIB_NTOK] = {1, 2, 4, 8, 16, 32, 64};
 const int calib_nload[CALIB_NLOAD] = {1, 2, 4, 8, 16};
+const int calib_ntok_mma[CALIB_NTOK_MMA] = {16, 32, 64, 128, 256};
 
 #define MAX_TOK 64
+#define MMA_TILE 64
+#define MMA_MAX_NTOK 256 /* the largest of calib_ntok_mma */
 
 static double now_s(void)
 {
@@ -179,6 +182,26 @@ int calib_types(const struct model *m, struct calib_result *r, struct moed_err *
     for (int t = 1; t < r->ntypes; t++)
         if (r->type[t].n_layer > r->type[r->dom].n_layer)
             r->dom = t;
+    /* tile 64: as fwd_gpu's expert_mma, off for the whole model when any
+     * expert matrix is F32 or F16; the fused gate_up needs gate == up */
+    r->mma_applies = true;
+    for (int t = 0; t < r->ntypes && r->mma_applies; t++) {
+        const struct calib_type *ty = &r->type[t];
+        const uint32_t k[3] = {ty->tg, ty->tu, ty->td};
+        for (int j = 0; j < 3; j++)
+            if (k[j] == KT_F32 || k[j] == KT_F16) {
+                r->mma_applies = false;
+                snprintf(r->mma_note, sizeof r->mma_note,
+                         "%s experts: the forward pass keeps them off tile 64",
+                         kern_type_name(k[j]));
+                break;
+            }
+        if (r->mma_applies && ty->tg != ty->tu) {
+            r->mma_applies = false;
+            snprintf(r->mma_note, sizeof r->mma_note, "type %s: gate and up of different types",
+                     ty->name);
+        }
+    }
     return 0;
 }
 
@@ -358,10 +381,12 @@ struct gpu_ctx {
     struct gpu_slots *gs;
     kc_stream comp, copy;
     kc_event ev0, ev1, evs;
-    float *dx, *dact, *dy;     /* device */
-    const void **dtab;         /* device: [3][n_slot] pointers */
-    void *gws[CALIB_NTOK];     /* device groupings */
-    float *hrow, *hrow2;       /* pinned rows */
+    float *dx, *dact, *dy;          /* device */
+    const void **dtab;              /* device: [3][n_slot] pointers */
+    void *gws[CALIB_NTOK];          /* device groupings */
+    void *gws_mma[CALIB_NTOK_MMA];  /* device groupings, tile 64, n_slot experts */
+    int32_t mt_mma[CALIB_NTOK_MMA]; /* their max_tiles */
+    float *hrow, *hrow2;            /* pinned rows */
 };
 
 static void gpu_ctx_free(struct gpu_ctx *g)
@@ -372,6 +397,8 @@ static void gpu_ctx_free(struct gpu_ctx *g)
         kc_sync(g->copy, &(struct moed_err){0});
     for (int i = 0; i < CALIB_NTOK; i++)
         kc_free(g->gws[i]);
+    for (int i = 0; i < CALIB_NTOK_MMA; i++)
+        kc_free(g->gws_mma[i]);
     kc_free(g->dtab);
     kc_free(g->dx);
     kc_free(g->dact);
@@ -617,6 +644,134 @@ static int gpu_kernels(struct gpu_ctx *g, const struct model *m, struct calib_re
     return 0;
 }
 
+/* The tile-64 grouping of calib_ntok_mma[i]: m experts (expert x is slot x)
+ * with n tokens each, M n pairs; expert x's pairs are x n .. x n + n - 1 in
+ * tiles of at most MMA_TILE, pair p reads input row p % CALIB_MMA_ROWS.
+ * Uploaded into g->gws_mma[i], its max_tiles into g->mt_mma[i]. */
+static int upload_grouping_mma(struct gpu_ctx *g, int i, int m, struct moed_err *e)
+{
+    const int n = calib_ntok_mma[i];
+    const int32_t np = m * n;
+    const int32_t mt = kc_moe_max_tiles(np, 1, m, MMA_TILE);
+    int32_t *ptok = malloc(sizeof(int32_t) * (size_t)np);
+    int32_t *pof = malloc(sizeof(int32_t) * (size_t)np);
+    int32_t *ht = malloc(sizeof(int32_t) * 3 * (size_t)mt);
+    int rc = ptok && pof && ht ? 0 : moed_err_set(e, MOED_ENOMEM, "calibration: out of memory");
+    if (!rc)
+        rc = kc_malloc(&g->gws_mma[i], kc_moe_groups_size(np, 1, m, MMA_TILE), e);
+    if (!rc) {
+        struct kc_moe_groups dg;
+        kc_moe_groups_at(&dg, g->gws_mma[i], np, 1, m, MMA_TILE);
+        for (int32_t p = 0; p < np; p++) {
+            ptok[p] = p % CALIB_MMA_ROWS;
+            pof[p] = p; /* k = 1: pair p is "token" p's; the FFN kernels do not read it */
+        }
+        int32_t nt = 0;
+        for (int x = 0; x < m; x++)
+            for (int q = 0; q < n; q += MMA_TILE, nt++) {
+                ht[3 * nt] = x;
+                ht[3 * nt + 1] = x * n + q;
+                ht[3 * nt + 2] = n - q < MMA_TILE ? n - q : MMA_TILE;
+            }
+        /* m ceil(n / 64) <= ceil(m n / 64) + m = mt */
+        for (int32_t x = nt; x < mt; x++) /* unused: never read */
+            ht[3 * x] = ht[3 * x + 1] = ht[3 * x + 2] = 1 << 30;
+        /* pageable sources: the copies are done when the stream is synchronised */
+        if (!(rc = kc_h2d(dg.pair_tok, ptok, sizeof(int32_t) * (size_t)np, g->comp, e)) &&
+            !(rc = kc_h2d(dg.pair_of, pof, sizeof(int32_t) * (size_t)np, g->comp, e)) &&
+            !(rc = kc_h2d(dg.tiles, ht, sizeof(int32_t) * 3 * (size_t)mt, g->comp, e)) &&
+            !(rc = kc_h2d(dg.n_tiles, &nt, sizeof(int32_t), g->comp, e)))
+            rc = kc_sync(g->comp, e);
+    }
+    free(ptok);
+    free(pof);
+    free(ht);
+    g->mt_mma[i] = mt;
+    return rc;
+}
+
+/* Tile-64 launches of type t: r->n_slot experts a launch (the slots that
+ * gpu_kernels just loaded with type t, through the same pointer tables),
+ * n tokens each; per-expert time = launch time / r->n_slot. */
+static int gpu_mma(struct gpu_ctx *g, struct calib_result *r, int t, double budget_s, FILE *log,
+                   struct moed_err *e)
+{
+    struct calib_type *ty = &r->type[t];
+    if (!r->mma_applies || !ty->gpu_ok)
+        return 0;
+    const int ns = r->n_slot, m = ns;
+    r->n_mma = m;
+    const int64_t d = r->n_embd, ff = r->n_ff;
+    struct kc_experts ex = {ty->tg, ty->tu, ty->td,
+                            kern_row_size(ty->tg, d), kern_row_size(ty->tu, d),
+                            kern_row_size(ty->td, ff), NULL, NULL, NULL, m, (int32_t)d,
+                            (int32_t)ff};
+    ex.gate = g->dtab;
+    ex.up = g->dtab + ns;
+    ex.down = g->dtab + 2 * ns;
+    int rc = 0;
+    for (int i = 0; i < CALIB_NTOK_MMA && !rc; i++) {
+        const int n = calib_ntok_mma[i];
+        if (!g->gws_mma[i] && (rc = upload_grouping_mma(g, i, m, e)))
+            break;
+        struct kc_moe_groups dg;
+        kc_moe_groups_at(&dg, g->gws_mma[i], m * n, 1, m, MMA_TILE);
+        const int32_t mt = g->mt_mma[i];
+#define ONE()                                                                            \
+    do {                                                                                 \
+        rc = kc_moe_gate_up(g->comp, &ex, g->dx, &dg, MMA_TILE, mt, g->dact, e);         \
+        if (!rc)                                                                         \
+            rc = kc_moe_down(g->comp, &ex, g->dact, &dg, MMA_TILE, mt, g->dy, e);        \
+    } while (0)
+        /* warm-up, then a probe sizes the timed batches */
+        for (int k = 0; k < 2 && !rc; k++)
+            ONE();
+        double probe_us = 0;
+        const int probe = 3;
+        if (!rc)
+            rc = kc_event_record(g->ev0, g->comp, e);
+        for (int k = 0; k < probe && !rc; k++)
+            ONE();
+        if (!rc)
+            rc = kc_event_record(g->ev1, g->comp, e);
+        if (!rc)
+            rc = event_us(g, &probe_us, e);
+        if (rc)
+            break;
+        double per = probe_us / probe;
+        double want = budget_s / r->ntypes / CALIB_NTOK_MMA / 5 * 1e6 / (per > 1 ? per : 1);
+        int reps = want < 2 ? 2 : want > 2000 ? 2000 : (int)want;
+        double bm[5];
+        for (int b = 0; b < 5 && !rc; b++) {
+            rc = kc_event_record(g->ev0, g->comp, e);
+            for (int k = 0; k < reps && !rc; k++)
+                ONE();
+            if (!rc)
+                rc = kc_event_record(g->ev1, g->comp, e);
+            if (!rc)
+                rc = event_us(g, &bm[b], e);
+            bm[b] /= reps;
+        }
+#undef ONE
+        if (rc)
+            break;
+        ty->mma_launch_us[i] = median(bm, 5);
+        ty->mma_us[i] = ty->mma_launch_us[i] / m;
+        ty->mma_reps[i] = 5 * reps;
+    }
+    if (rc)
+        return moed_err_wrap(e, "GPU kernels, tile 64 (%s, %d experts a launch)", ty->name, m);
+    double x[CALIB_NTOK_MMA];
+    for (int i = 0; i < CALIB_NTOK_MMA; i++)
+        x[i] = calib_ntok_mma[i];
+    if ((rc = calib_fit_affine(x, ty->mma_us, CALIB_NTOK_MMA, &ty->mma, e)))
+        return moed_err_wrap(e, "GPU kernels, tile 64 (%s)", ty->name);
+    ty->mma_ok = true;
+    logf_(log, "calibrate: gpu %s, tile 64 (%d experts a launch): %.2f + %.4f n us an expert\n",
+          ty->name, m, ty->mma.a, ty->mma.b);
+    return 0;
+}
+
 /* The copy-stream side of the shared run: n loads back to back. */
 struct loader {
     struct gpu_ctx *g;
@@ -788,7 +943,14 @@ int calib_gpu(const struct model *m, int dev, struct sched_pool *pool, double se
                   r->host_note[0] ? ": " : "", r->host_note);
         }
     }
-    const size_t act = (size_t)MAX_TOK * (size_t)(r->n_ff > r->n_embd ? r->n_ff : r->n_embd);
+    /* outputs and activations are per pair: MAX_TOK for one expert, n_slot
+     * experts of MMA_MAX_NTOK tokens for the tile-64 launches; the inputs
+     * CALIB_MMA_ROWS rows */
+    size_t pairs = MAX_TOK;
+    if (r->mma_applies && (size_t)r->n_slot * MMA_MAX_NTOK > pairs)
+        pairs = (size_t)r->n_slot * MMA_MAX_NTOK;
+    const size_t xrows = CALIB_MMA_ROWS > MAX_TOK ? CALIB_MMA_ROWS : MAX_TOK;
+    const size_t act = pairs * (size_t)(r->n_ff > r->n_embd ? r->n_ff : r->n_embd);
     if (!rc)
         rc = kc_stream_new(&g.comp, e);
     if (!rc)
@@ -800,9 +962,9 @@ int calib_gpu(const struct model *m, int dev, struct sched_pool *pool, double se
     if (!rc)
         rc = kc_event_new_sync(&g.evs, e);
     if (!rc)
-        rc = kc_malloc((void **)&g.dx, (size_t)MAX_TOK * (size_t)r->n_embd * sizeof(float), e);
+        rc = kc_malloc((void **)&g.dx, xrows * (size_t)r->n_embd * sizeof(float), e);
     if (!rc)
-        rc = kc_malloc((void **)&g.dy, (size_t)MAX_TOK * (size_t)r->n_embd * sizeof(float), e);
+        rc = kc_malloc((void **)&g.dy, pairs * (size_t)r->n_embd * sizeof(float), e);
     if (!rc)
         rc = kc_malloc((void **)&g.dact, act * sizeof(float), e);
     if (!rc)
@@ -814,19 +976,22 @@ int calib_gpu(const struct model *m, int dev, struct sched_pool *pool, double se
     if (!rc) { /* inputs: small values, so no kernel sees infinities */
         for (int32_t i = 0; i < r->n_embd; i++)
             g.hrow[i] = g.hrow2[i] = (float)((i % 17) - 8) / 64.0f;
-        for (int t = 0; t < MAX_TOK && !rc; t++)
-            rc = kc_h2d(g.dx + (size_t)t * r->n_embd, g.hrow, (size_t)r->n_embd * sizeof(float),
+        for (size_t t = 0; t < xrows && !rc; t++)
+            rc = kc_h2d(g.dx + t * (size_t)r->n_embd, g.hrow, (size_t)r->n_embd * sizeof(float),
                         g.comp, e);
         if (!rc)
-            rc = kc_memset(g.dy, 0, (size_t)MAX_TOK * (size_t)r->n_embd * sizeof(float), g.comp,
-                           e);
+            rc = kc_memset(g.dy, 0, pairs * (size_t)r->n_embd * sizeof(float), g.comp, e);
         if (!rc)
             rc = kc_sync(g.comp, e);
     }
     if (!rc)
         rc = gpu_h2d(&g, m, r, seconds / 6, samples, log, e);
-    for (int t = 0; t < r->ntypes && !rc; t++)
+    const double mma_s = seconds / 6 < CALIB_MMA_MAX_S ? seconds / 6 : CALIB_MMA_MAX_S;
+    for (int t = 0; t < r->ntypes && !rc; t++) {
         rc = gpu_kernels(&g, m, r, t, seconds / 2, log, e);
+        if (!rc) /* on the slots gpu_kernels loaded with type t */
+            rc = gpu_mma(&g, r, t, mma_s, log, e);
+    }
     if (!rc)
         rc = gpu_shared(&g, m, pool, r, seconds / 6, log, e);
     if (!rc)
@@ -864,6 +1029,16 @@ void calib_to_cost(const struct calib_result *r, struct sched_cost *c)
         } else {
             o->gpu_us = q->gpu_us * (double)ty->bytes / (double)q->bytes;
             o->gpu_us_tok = q->gpu_us_tok * 3.0 * r->n_embd * r->n_ff / ref_flop;
+            all = false;
+        }
+        if (!r->mma_applies) { /* tile 64 never runs: 0 and 0, "unknown" */
+            o->gpu_mma_us = o->gpu_mma_us_tok = 0;
+        } else if (r->gpu && ty->mma_ok) {
+            o->gpu_mma_us = ty->mma.a;
+            o->gpu_mma_us_tok = ty->mma.b;
+        } else {
+            o->gpu_mma_us = q->gpu_mma_us * (double)ty->bytes / (double)q->bytes;
+            o->gpu_mma_us_tok = q->gpu_mma_us_tok * 3.0 * r->n_embd * r->n_ff / ref_flop;
             all = false;
         }
     }
@@ -923,13 +1098,36 @@ void calib_print(const struct calib_result *r, FILE *f)
         }
         fprintf(f, "  GPU fit: t_gpu(n) = %.3f + %.4f n us; worst residual %.1f%% at n=%d\n",
                 ty->gpu.a, ty->gpu.b, 100.0 * ty->gpu.worst, calib_ntok[ty->gpu.worst_i]);
+        if (!r->mma_applies) {
+            fprintf(f, "  GPU kernels, tile 64: not measured (%s); gpu_mma 0\n", r->mma_note);
+            continue;
+        }
+        if (!ty->mma_ok) {
+            fprintf(f, "  GPU kernels, tile 64: not measured\n");
+            continue;
+        }
+        fprintf(f, "  GPU kernels, tile 64, %d experts per launch (gate_up + down, n tokens "
+                   "each), median of 5 batch means:\n",
+                r->n_mma);
+        fprintf(f, "    %4s %6s %10s %10s %10s %8s\n", "n", "reps", "launch us", "us/expert",
+                "fit us", "resid");
+        for (int i = 0; i < CALIB_NTOK_MMA; i++) {
+            double fit = ty->mma.a + ty->mma.b * calib_ntok_mma[i];
+            fprintf(f, "    %4d %6d %10.2f %10.3f %10.3f %+7.1f%%\n", calib_ntok_mma[i],
+                    ty->mma_reps[i], ty->mma_launch_us[i], ty->mma_us[i], fit,
+                    100.0 * (fit - ty->mma_us[i]) / ty->mma_us[i]);
+        }
+        fprintf(f, "  GPU tile-64 fit: t_mma(n) = %.3f + %.4f n us an expert; worst residual "
+                   "%.1f%% at n=%d\n",
+                ty->mma.a, ty->mma.b, 100.0 * ty->mma.worst, calib_ntok_mma[ty->mma.worst_i]);
     }
     const struct calib_type *d = &r->type[r->dom];
     fprintf(f, "\nCPU alone: %.2f GB/s (type %s, 1 token)\n", r->cpu_alone_gbs, d->name);
     if (!r->gpu) {
         fprintf(f, "GPU: not measured (no --gpu): load_us, h2d_gbs, h2d_shared_gbs, "
-                   "cpu_side_us, gpu_side_us and the types' gpu_us/gpu_us_tok are defaults, "
-                   "cpu_shared_gbs scales cpu_alone_gbs by the defaults' 44/72; calibrated = 0\n");
+                   "cpu_side_us, gpu_side_us and the types' gpu_us/gpu_us_tok and "
+                   "gpu_mma_us/gpu_mma_us_tok are defaults, cpu_shared_gbs scales cpu_alone_gbs "
+                   "by the defaults' 44/72; calibrated = 0\n");
         return;
     }
     fprintf(f, "\nH2D on GPU %d (%s sources%s%s), %d slots, bursts of %s experts:\n", r->dev,
@@ -967,13 +1165,27 @@ void calib_print_cost(const struct sched_cost *c, FILE *f)
             c->cpu_shared_gbs, sched_cost_cpu_factor(c));
     fprintf(f, "cpu_side_us     %10.3f   per layer with a CPU expert\n", c->cpu_side_us);
     fprintf(f, "gpu_side_us     %10.3f   per layer with a GPU expert\n", c->gpu_side_us);
-    fprintf(f, "\n%-16s %10s %9s %10s %9s %10s %9s %9s %9s\n", "type", "bytes", "cpu_us",
-            "cpu_us_tok", "gpu_us", "gpu_us_tok", "load_us", "cpu(1)", "cpu(64)");
+    fprintf(f, "\n%-16s %10s %9s %10s %9s %10s %10s %14s %9s %9s %9s\n", "type", "bytes",
+            "cpu_us", "cpu_us_tok", "gpu_us", "gpu_us_tok", "gpu_mma_us", "gpu_mma_us_tok",
+            "load_us", "cpu(1)", "cpu(64)");
+    bool unknown = false;
     for (int t = 0; t < c->ntypes; t++) {
         const struct sched_cost_type *ty = &c->type[t];
-        fprintf(f, "%-16s %10llu %9.3f %10.4f %9.3f %10.4f %9.2f %9.2f %9.2f\n", ty->name,
-                (unsigned long long)ty->bytes, ty->cpu_us, ty->cpu_us_tok, ty->gpu_us,
-                ty->gpu_us_tok, sched_cost_load_us(c, ty->bytes), sched_cost_cpu_us(c, t, 1),
-                sched_cost_cpu_us(c, t, 64));
+        char mma[2][32];
+        if (ty->gpu_mma_us != 0 || ty->gpu_mma_us_tok != 0) {
+            snprintf(mma[0], sizeof mma[0], "%.3f", ty->gpu_mma_us);
+            snprintf(mma[1], sizeof mma[1], "%.4f", ty->gpu_mma_us_tok);
+        } else {
+            snprintf(mma[0], sizeof mma[0], "-");
+            snprintf(mma[1], sizeof mma[1], "-");
+            unknown = true;
+        }
+        fprintf(f, "%-16s %10llu %9.3f %10.4f %9.3f %10.4f %10s %14s %9.2f %9.2f %9.2f\n",
+                ty->name, (unsigned long long)ty->bytes, ty->cpu_us, ty->cpu_us_tok, ty->gpu_us,
+                ty->gpu_us_tok, mma[0], mma[1], sched_cost_load_us(c, ty->bytes),
+                sched_cost_cpu_us(c, t, 1), sched_cost_cpu_us(c, t, 64));
     }
+    fprintf(f, "gpu_us/_tok: one expert a launch (decode); gpu_mma_us/_tok: an expert's share of "
+               "a tile-64 launch of many (prefill)%s\n",
+            unknown ? "; -: unknown, the one-expert figures stand for it" : "");
 }

@@ -33,6 +33,20 @@
  *           events around batches of repetitions, the median of 5 batch
  *           means; affine fit as on the CPU.  A type the kernels cannot read
  *           keeps the scaled defaults (below).
+ *   tile 64 (the prefill segment gpu_mma_us/_tok, right after the type's
+ *           kernels, on the same slots): ONE launch pair (kc_moe_gate_up +
+ *           kc_moe_down, tile 64, max_tiles = kc_moe_max_tiles(M n, 1, M,
+ *           64)) holds M = n_slot experts, expert i = slot i through the
+ *           same pointer tables, each with n tokens, n in calib_ntok_mma;
+ *           the grouping has M n pairs, expert i's are i n .. i n + n - 1 in
+ *           tiles of at most 64, pair p reads row p % CALIB_MMA_ROWS of the
+ *           input (distinct tokens within an expert, as in a real prefill).
+ *           Per-expert time = launch time / M; events around batches, the
+ *           median of 5 batch means; affine fit as on the CPU.  In about
+ *           seconds / 6 (at most CALIB_MMA_MAX_S).  Skipped (gpu_mma 0 and
+ *           0: "unknown") when any expert matrix of the model is F32 or F16
+ *           (the forward pass then never takes tile 64: fwd_gpu's
+ *           expert_mma) or a type's gate and up types differ.
  *   shared  a helper thread loads experts back to back on the copy stream
  *           (N loads, about a sixth of the budget at the measured H2D rate)
  *           while the caller runs 1-token CPU experts on the pool until the
@@ -51,7 +65,9 @@
  * cpu_side_us, gpu_side_us; cpu_shared_gbs is the measured cpu_alone_gbs
  * times the defaults' shared/alone ratio (44/72), so the file stays valid;
  * per type, gpu_us and gpu_us_tok are the default q4_k row scaled by bytes
- * and by 3 * n_embd * n_ff (FLOPs) to the type's shape.  `calibrated` is set
+ * and by 3 * n_embd * n_ff (FLOPs) to the type's shape, and so are
+ * gpu_mma_us and gpu_mma_us_tok (the defaults' estimate) where tile 64
+ * applies (0 and 0 where it does not, as above).  `calibrated` is set
  * only when EVERYTHING was measured (CPU, GPU kernels for every type, H2D,
  * shared rates, sides): a half-measured model is still flagged as carrying
  * guesses.
@@ -73,9 +89,13 @@ struct model;
 #define CALIB_NLOAD 5 /* experts per H2D burst: 1 2 4 8 16 */
 #define CALIB_MAX_REPS 4096
 #define CALIB_WS_BYTES (1ull << 30)
+#define CALIB_NTOK_MMA 5    /* tokens per expert, tile 64: 16 32 64 128 256 */
+#define CALIB_MMA_ROWS 512  /* input rows the tile-64 launches read (pp512) */
+#define CALIB_MMA_MAX_S 4.0 /* the tile-64 timing's budget at most */
 
 extern const int calib_ntok[CALIB_NTOK];
 extern const int calib_nload[CALIB_NLOAD];
+extern const int calib_ntok_mma[CALIB_NTOK_MMA];
 
 /* y = a + b x, weighted by 1/y^2; worst = max |fit - y| / y at x[worst_i]. */
 struct calib_fit {
@@ -100,6 +120,11 @@ struct calib_type {
     double gpu_us[CALIB_NTOK];
     int gpu_reps[CALIB_NTOK];
     struct calib_fit gpu;
+    bool mma_ok; /* tile 64 measured */
+    double mma_launch_us[CALIB_NTOK_MMA]; /* one launch pair of n_mma experts */
+    double mma_us[CALIB_NTOK_MMA];        /* per expert: launch / n_mma */
+    int mma_reps[CALIB_NTOK_MMA];         /* launches timed */
+    struct calib_fit mma;
 };
 
 struct calib_result {
@@ -120,6 +145,11 @@ struct calib_result {
     double h2d_gbs;
     double shared_s, shared_h2d_gbs, shared_cpu_gbs, shared_cpu_alone_gbs;
     double cpu_side_us, gpu_side_us;
+    /* tile 64: whether it applies to the model (calib_types), and the
+     * experts per launch of the measurement (n_slot) */
+    bool mma_applies;
+    char mma_note[96]; /* why not, when !mma_applies */
+    int n_mma;
 };
 
 /* Fill r's types (and zero the rest of r) from the model's expert tensors.
@@ -134,7 +164,8 @@ int calib_cpu(const struct model *m, struct sched_pool *pool, double seconds,
               struct calib_result *r, FILE *log, struct moed_err *e);
 
 /* The GPU part on CUDA device dev (after calib_cpu): kernels in about
- * seconds / 2, H2D and the shared run in about seconds / 6 each.  A build
+ * seconds / 2, H2D, the tile-64 launches (at most CALIB_MMA_MAX_S) and the
+ * shared run in about seconds / 6 each.  A build
  * or machine without CUDA fails with CUDA's (or "built without CUDA")
  * message. */
 int calib_gpu(const struct model *m, int dev, struct sched_pool *pool, double seconds,

@@ -7,6 +7,7 @@
 #include <ctype.h>
 #include <errno.h>
 #include <math.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,6 +27,13 @@ void sched_cost_default(struct sched_cost *c)
      * ~20 TFLOP/s effective for quantized small-batch matmul. */
     t->gpu_us = 6.0;
     t->gpu_us_tok = 0.5;
+    /* ESTIMATE, not a measurement: the tile-64 (prefill) segment from the
+     * all-GPU prefill benchmark (bench/README.md: pp512 7414 tok/s on the
+     * H100, 69 ms for 48 layers, 1.44 ms a layer).  A layer's 512 x 8 pairs
+     * over 128 experts are 32 tokens an expert; taking about 80% of the
+     * layer for the experts leaves ~9 us an expert at 32 tokens: 3 + 0.2 n. */
+    t->gpu_mma_us = 3.0;
+    t->gpu_mma_us_tok = 0.2;
     c->ntypes = 1;
     /* DESIGN.md, "Speed": H2D 54 GB/s alone, 34 with the CPU streaming;
      * CPU 72 alone, 44 with copies running. 2.65 MB loads in ~54 us. */
@@ -37,6 +45,21 @@ void sched_cost_default(struct sched_cost *c)
     c->cpu_side_us = 10.0; /* guess: D2H + H2D of a few KB, pool wake, join */
     c->gpu_side_us = 4.0;  /* guess */
     c->calibrated = false;
+}
+
+void sched_cost_for_tile(const struct sched_cost *c, bool mma, struct sched_cost *out)
+{
+    if (out != c)
+        *out = *c;
+    if (!mma)
+        return;
+    for (int t = 0; t < out->ntypes && t < SCHED_COST_MAX_TYPES; t++) {
+        struct sched_cost_type *ty = &out->type[t];
+        if (ty->gpu_mma_us != 0 || ty->gpu_mma_us_tok != 0) {
+            ty->gpu_us = ty->gpu_mma_us;
+            ty->gpu_us_tok = ty->gpu_mma_us_tok;
+        }
+    }
 }
 
 double sched_cost_cpu_us(const struct sched_cost *c, int type, int n_tok)
@@ -89,9 +112,11 @@ struct key {
     const char *name;
     size_t off;
     bool positive; /* > 0, else >= 0 */
+    bool optional; /* type keys: may be absent (0); saved only when the
+                      type's optional keys are not all 0 */
 };
 
-#define K(f, p) {#f, offsetof(struct sched_cost, f), p}
+#define K(f, p) {#f, offsetof(struct sched_cost, f), p, false}
 static const struct key keys[] = {
     K(load_us, false),       K(h2d_gbs, true),     K(h2d_shared_gbs, true),
     K(cpu_alone_gbs, true),  K(cpu_shared_gbs, true), K(cpu_side_us, false),
@@ -99,8 +124,10 @@ static const struct key keys[] = {
 };
 #undef K
 
-#define TK(f) {#f, offsetof(struct sched_cost_type, f), false}
-static const struct key tkeys[] = {TK(cpu_us), TK(cpu_us_tok), TK(gpu_us), TK(gpu_us_tok)};
+#define TK(f, o) {#f, offsetof(struct sched_cost_type, f), false, o}
+static const struct key tkeys[] = {TK(cpu_us, false),    TK(cpu_us_tok, false),
+                                   TK(gpu_us, false),    TK(gpu_us_tok, false),
+                                   TK(gpu_mma_us, true), TK(gpu_mma_us_tok, true)};
 #undef TK
 
 #define NKEYS(a) (sizeof(a) / sizeof((a)[0]))
@@ -167,9 +194,14 @@ int sched_cost_save(const struct sched_cost *c, const char *path, struct moed_er
     for (int t = 0; t < c->ntypes; t++) {
         const struct sched_cost_type *ty = &c->type[t];
         fprintf(f, "type.%s.bytes = %llu\n", ty->name, (unsigned long long)ty->bytes);
+        bool opt = false; /* any optional key non-zero: write them all */
         for (size_t i = 0; i < NKEYS(tkeys); i++)
-            fprintf(f, "type.%s.%s = %.17g\n", ty->name, tkeys[i].name,
-                    *(const double *)((const char *)ty + tkeys[i].off));
+            if (tkeys[i].optional && *(const double *)((const char *)ty + tkeys[i].off) != 0)
+                opt = true;
+        for (size_t i = 0; i < NKEYS(tkeys); i++)
+            if (!tkeys[i].optional || opt)
+                fprintf(f, "type.%s.%s = %.17g\n", ty->name, tkeys[i].name,
+                        *(const double *)((const char *)ty + tkeys[i].off));
     }
     if (fclose(f) != 0)
         return moed_err_set(err, MOED_EIO, "%s: write failed", path);

@@ -19,6 +19,7 @@ struct hybrid {
     const struct model *m;
     struct hybrid_opts o;
     struct sched_cost cost;
+    struct sched_cost cost_mma; /* prefill steps (tile 64): the GPU's tensor-core costs */
     int32_t n_layer, E, K, d, B;
     int *cost_type;                /* [n_layer] row of cost.type */
     struct gpu_slots *gs;
@@ -240,6 +241,7 @@ int hybrid_new(struct hybrid **out, const struct model *m, const struct hybrid_o
     }
     if ((rc = sched_cost_validate(&hy->cost, e)))
         goto fail;
+    sched_cost_for_tile(&hy->cost, true, &hy->cost_mma);
 
     hy->cost_type = calloc((size_t)hy->n_layer, sizeof(int));
     hy->mx = calloc((size_t)hy->n_layer, sizeof *hy->mx);
@@ -294,11 +296,15 @@ int hybrid_new(struct hybrid **out, const struct model *m, const struct hybrid_o
         fprintf(stderr, "hybrid: new: %d slots\n", n_slot);
     if ((rc = kc_stream_new(&hy->copy, e)) || (rc = kc_event_new_sync(&hy->ev_d2h, e)))
         goto fail;
+    if (hy->trace > 1)
+        fprintf(stderr, "hybrid: new: streams\n");
     if ((rc = gpu_slots_new(&hy->gs, m,
                             &(struct gpu_slots_opts){.n_slot = n_slot,
                                                      .force_staging = o->force_staging},
                             e)))
         goto fail;
+    if (hy->trace > 1)
+        fprintf(stderr, "hybrid: new: slots\n");
     if ((rc = cache_init(&hy->cache,
                          &(struct cache_opts){.n_layer = hy->n_layer,
                                               .n_expert = hy->E,
@@ -313,6 +319,8 @@ int hybrid_new(struct hybrid **out, const struct model *m, const struct hybrid_o
         goto fail;
     }
 
+    if (hy->trace > 1)
+        fprintf(stderr, "hybrid: new: cache\n");
     /* device table, pinned buffers */
     size_t gb8 = kc_moe_groups_size(hy->B, hy->K, hy->E, 8);
     size_t gb64 = kc_moe_groups_size(hy->B, hy->K, hy->E, 64);
@@ -332,6 +340,8 @@ int hybrid_new(struct hybrid **out, const struct model *m, const struct hybrid_o
         (rc = kc_host_alloc((void **)&hy->h_y, B * K * d * sizeof(float), e)) ||
         (rc = kc_host_alloc((void **)&hy->h_next, HYBRID_PREDICT_MAX_TOK * E * sizeof(float), e)))
         goto fail;
+    if (hy->trace > 1)
+        fprintf(stderr, "hybrid: new: buffers\n");
     memset(hy->h_table, 0, 3 * E * sizeof(void *));
     for (int32_t il = 0; il < hy->n_layer; il++) {
         const struct model_layer *L = &m->layers[il];
@@ -358,6 +368,8 @@ int hybrid_new(struct hybrid **out, const struct model *m, const struct hybrid_o
                                                  .n_ff = max_ff},
                           e)))
         goto fail;
+    if (hy->trace > 1)
+        fprintf(stderr, "hybrid: new: cpu executor\n");
     if (!o->no_prefetch && !o->static_layers && !o->no_plan) {
         if ((rc = predict_new(&hy->pred, m, hy->B, e)) ||
             (rc = predict_result_alloc(hy->pred, &hy->pres, e)))
@@ -534,7 +546,8 @@ int hybrid_moe(struct hybrid *hy, kc_stream st, const struct hybrid_io *io, stru
     if (planned) {
         double busy = (hy->copy_free_at - now_s()) * 1e6;
         struct sched_plan_busy b = {.copy_us = busy > 0 ? busy : 0};
-        if ((rc = sched_plan_layer(&hy->cost, hy->pex, n_act, &b, &hy->plan, e)))
+        const struct sched_cost *c = io->tile == 64 ? &hy->cost_mma : &hy->cost;
+        if ((rc = sched_plan_layer(c, hy->pex, n_act, &b, &hy->plan, e)))
             goto out;
         hy->st.plan_est_us += hy->plan.makespan_us;
     }

@@ -5,7 +5,11 @@
 - on a small Q4_K model (moed-mkmodel) with 2 threads and a tiny budget it
   writes a file that `moed calibrate --show` loads, whose q4_k row has a
   positive, finite cpu_us_tok and whose cpu_alone_gbs is positive and
-  finite; calibrated = 0 without --gpu, and stderr has the table;
+  finite; calibrated = 0 without --gpu, and stderr has the table; the
+  tile-64 (prefill) segment gpu_mma_us/gpu_mma_us_tok is there (the
+  defaults' estimate scaled, without --gpu) and --show has its columns;
+- --show of a file from before the tile-64 keys loads and shows them as
+  unknown ("-");
 - without -o the file goes to stdout and loads the same way;
 - --show of a broken file exits 1 naming the file and line;
 - usage errors exit 2 with a `moed calibrate:` line;
@@ -64,6 +68,9 @@ def check_cost(kv: dict[str, str]):
     assert float(kv["type.q4_k.cpu_us"]) >= 0
     assert int(kv["type.q4_k.bytes"]) > 0
     assert float(kv["cpu_shared_gbs"]) <= float(kv["cpu_alone_gbs"])
+    for key in ("type.q4_k.gpu_mma_us", "type.q4_k.gpu_mma_us_tok"):
+        v = float(kv[key])
+        assert math.isfinite(v) and v > 0, (key, v)
 
 
 def test_calibrate_cpu_file_and_show(small_model):
@@ -86,6 +93,32 @@ def test_calibrate_cpu_file_and_show(small_model):
     assert row, s.stdout
     assert int(row.group(1)) == int(kv["type.q4_k.bytes"])
     assert float(row.group(3)) > 0
+    header = re.search(r"^type\s.*$", s.stdout, re.M).group(0).split()
+    assert header[:9] == ["type", "bytes", "cpu_us", "cpu_us_tok", "gpu_us", "gpu_us_tok",
+                          "gpu_mma_us", "gpu_mma_us_tok", "load_us"], header
+    cols = re.search(r"^q4_k\s.*$", s.stdout, re.M).group(0).split()
+    assert abs(float(cols[6]) - float(kv["type.q4_k.gpu_mma_us"])) < 1e-3, cols
+    assert abs(float(cols[7]) - float(kv["type.q4_k.gpu_mma_us_tok"])) < 1e-4, cols
+
+
+def test_show_old_file_without_mma():
+    TMP.mkdir(parents=True, exist_ok=True)
+    old = TMP / "old.txt"
+    old.write_text("calibrated = 1\nload_us = 2\nh2d_gbs = 46\nh2d_shared_gbs = 44\n"
+                   "cpu_alone_gbs = 64\ncpu_shared_gbs = 57\ncpu_side_us = 17\n"
+                   "gpu_side_us = 8\ntype.q4_k.bytes = 2654208\ntype.q4_k.cpu_us = 32\n"
+                   "type.q4_k.cpu_us_tok = 10\ntype.q4_k.gpu_us = 10\n"
+                   "type.q4_k.gpu_us_tok = 1.1\n")
+    s = moed("calibrate", "--show", old)
+    assert s.returncode == 0, s.stderr
+    cols = re.search(r"^q4_k\s.*$", s.stdout, re.M).group(0).split()
+    assert cols[6] == "-" and cols[7] == "-", cols
+    assert "-: unknown" in s.stdout
+    bad = TMP / "bad-mma.txt"
+    bad.write_text(old.read_text() + "type.q4_k.gpu_mma_us = -1\n")
+    r = moed("calibrate", "--show", bad)
+    assert r.returncode == 1
+    assert "type.q4_k.gpu_mma_us" in r.stderr and r.stderr.count("\n") == 1
 
 
 def test_calibrate_stdout(small_model):
