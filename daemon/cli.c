@@ -307,9 +307,9 @@ void cli_hybrid_describe(const struct cli_hybrid *h, const struct hybrid_stats *
         return;
     }
     snprintf(buf, n,
-             "hybrid: %d of %lld experts in GPU slots (%s, %.1f%%), %s%s, loads %s, prefetch %s, "
-             "planner %s, cost model %s",
-             st->n_slot, all, size, share,
+             "hybrid: %d of %lld experts in GPU slots (+%d streaming; %s, %.1f%%), %s%s, loads %s, "
+             "prefetch %s, planner %s, cost model %s",
+             st->n_slot, all, st->n_stream, size, share,
              st->static_layers ? "static placement by layer" : "policy ",
              st->static_layers ? "" : cache_policy_name(st->policy),
              st->registered ? "from the registered mapping" : "through pinned staging",
@@ -342,13 +342,15 @@ void cli_hybrid_print(FILE *f, const char *prefix, const struct cli_hybrid *h,
     fprintf(f,
             "%sbudget %d slots, %s, %.1f%% of experts; policy %s; plan cpu %.1f%% "
             "gpu-cached %.1f%% gpu-loaded %.1f%% of %.0f activated; hit rate %s; "
-            "loads %.2f/token, evictions %.2f/token; prefetches %" PRIu64 ", prefetch hits %" PRIu64
+            "loads %.2f/token (+%.2f streamed), evictions %.2f/token; prefetches %" PRIu64
+            ", prefetch hits %" PRIu64
             "; prediction %s; PCIe %.3f MB/token (loads %.3f, "
             "activations %.3f); host/layer %.1f us, wait/layer %.1f us, cpu/layer %.1f us, "
             "predict/layer %.1f us, overhead/layer %.1f us\n",
             prefix, st->n_slot, size, pct(st->n_slot, (double)all), pol, pct((double)t->cpu, act),
             pct((double)t->gpu_cached, act), pct((double)t->gpu_loaded, act), act, hit,
-            (double)t->loads / tok, (double)t->evictions / tok, t->prefetches, t->prefetch_hits,
+            (double)t->loads / tok, (double)t->streamed / tok, (double)t->evictions / tok,
+            t->prefetches, t->prefetch_hits,
             pred, (double)(t->load_bytes + t->act_bytes) / 1e6 / tok,
             (double)t->load_bytes / 1e6 / tok, (double)t->act_bytes / 1e6 / tok, st->host_s * us,
             st->wait_s * us, st->cpu_s * us, st->predict_s * us, over * us);

@@ -546,6 +546,8 @@ static void metrics_hybrid(struct serve *sv, struct api_buf *b, const struct eng
            "Experts loaded ahead of their layer on a prediction, per layer.");
     LAYERS("moed_expert_cache_prefetch_hits_total", prefetch_hits,
            "Prefetched experts used before their eviction, per layer.");
+    LAYERS("moed_expert_stream_loads_total", streamed,
+           "Experts a prefill step copied into the streaming area (not cached), per layer.");
 #undef LAYERS
     api_buf_printf(b, "# HELP moed_experts_run_total Activated experts by where they ran: on the "
                       "CPU, on the GPU from a slot, on the GPU after a load.\n"

@@ -44,6 +44,9 @@ struct hybrid {
     struct moe_rows_group *groups;
     int32_t *row_tok;              /* [B*K] */
     int32_t *pinned;               /* [E] slots pinned by this layer */
+    int32_t n_cache;               /* cache slots: 0 .. n_cache - 1 */
+    int32_t n_stream;              /* then the streaming area: n_cache .. + n_stream - 1 */
+    int32_t next_stream;           /* streaming slots handed out in this layer */
     int32_t *loading;              /* [n_slot] slots whose load may not have landed */
     int32_t n_loading;
     bool *in_loading;              /* [n_slot] */
@@ -192,9 +195,10 @@ static int poll_loaded(struct hybrid *hy, struct moed_err *e)
         int rc = gpu_slots_loaded(hy->gs, s, &done, e);
         if (rc)
             return rc;
-        struct cache_slot_info info;
-        cache_slot_get(hy->cache, s, &info);
         if (done) {
+            struct cache_slot_info info = {.state = CACHE_READY};
+            if (s < hy->n_cache)
+                cache_slot_get(hy->cache, s, &info);
             if (info.state == CACHE_LOADING)
                 cache_ready(hy->cache, s);
             hy->in_loading[s] = false;
@@ -291,9 +295,16 @@ int hybrid_new(struct hybrid **out, const struct model *m, const struct hybrid_o
         max_ff = max_i(max_ff, hp->n_ff_exp);
     }
 
-    int32_t n_slot = hybrid_slots_for(m, o);
+    int32_t n_cache = hybrid_slots_for(m, o);
+    /* prefill streams the experts it loads through one layer's worth of
+     * slots outside the cache, so a long prompt does not evict what decode
+     * uses (static placement never loads) */
+    int32_t n_stream = o->static_layers || o->no_plan ? 0 : hy->E;
+    int32_t n_slot = n_cache + n_stream;
+    hy->n_cache = n_cache;
+    hy->n_stream = n_stream;
     if (hy->trace > 1)
-        fprintf(stderr, "hybrid: new: %d slots\n", n_slot);
+        fprintf(stderr, "hybrid: new: %d cache slots, %d streaming\n", n_cache, n_stream);
     if ((rc = kc_stream_new(&hy->copy, e)) || (rc = kc_event_new_sync(&hy->ev_d2h, e)))
         goto fail;
     if (hy->trace > 1)
@@ -308,7 +319,7 @@ int hybrid_new(struct hybrid **out, const struct model *m, const struct hybrid_o
     if ((rc = cache_init(&hy->cache,
                          &(struct cache_opts){.n_layer = hy->n_layer,
                                               .n_expert = hy->E,
-                                              .n_slot = n_slot,
+                                              .n_slot = n_cache,
                                               .policy = o->policy},
                          e)))
         goto fail;
@@ -379,7 +390,7 @@ int hybrid_new(struct hybrid **out, const struct model *m, const struct hybrid_o
     if (hy->trace > 1)
         fprintf(stderr, "hybrid: new: buffers, executor, predictor ready\n");
     /* the initial fill: round-robin over layers, or whole layers in order */
-    for (int32_t s = 0; s < n_slot; s++) {
+    for (int32_t s = 0; s < n_cache; s++) {
         int32_t il = o->static_layers ? s / hy->E : s % hy->n_layer;
         int32_t ex = o->static_layers ? s % hy->E : s / hy->n_layer;
         int32_t got = cache_prefetch(hy->cache, il, ex);
@@ -390,7 +401,7 @@ int hybrid_new(struct hybrid **out, const struct model *m, const struct hybrid_o
     }
     if ((rc = kc_sync(hy->copy, e)))
         goto fail;
-    for (int32_t s = 0; s < n_slot; s++) {
+    for (int32_t s = 0; s < n_cache; s++) {
         struct cache_slot_info info;
         cache_slot_get(hy->cache, s, &info);
         if (info.state == CACHE_LOADING)
@@ -403,7 +414,8 @@ int hybrid_new(struct hybrid **out, const struct model *m, const struct hybrid_o
     struct gpu_slots_stats gst;
     gpu_slots_get_stats(hy->gs, &gst);
     hy->st = (struct hybrid_stats){.n_layer = hy->n_layer,
-                                   .n_slot = n_slot,
+                                   .n_slot = n_cache,
+                                   .n_stream = n_stream,
                                    .slot_bytes = gst.slot_bytes,
                                    .pool_bytes = gst.pool_bytes,
                                    .registered = gst.registered,
@@ -543,6 +555,7 @@ int hybrid_moe(struct hybrid *hy, kc_stream st, const struct hybrid_io *io, stru
         hy->act[n_act++] = x;
     }
     bool planned = !hy->o.static_layers && !hy->o.no_plan;
+    hy->next_stream = 0;
     if (planned) {
         double busy = (hy->copy_free_at - now_s()) * 1e6;
         struct sched_plan_busy b = {.copy_us = busy > 0 ? busy : 0};
@@ -564,13 +577,19 @@ int hybrid_moe(struct hybrid *hy, kc_stream st, const struct hybrid_io *io, stru
             int32_t x = hy->act[hy->plan.load_order[q]];
             if (hy->slot_of[x] >= 0)
                 continue; /* in flight already: the GPU waits for that copy */
-            int32_t s = cache_admit(hy->cache, L, x);
-            if (s < 0) {
-                hy->place_of[x] = SCHED_PLACE_CPU; /* no slot could be given up */
-                continue;
+            int32_t s;
+            if (io->tile == 64 && hy->next_stream < hy->n_stream) {
+                s = hy->n_cache + hy->next_stream++; /* prefill: the streaming area */
+                ls->streamed++;
+            } else {
+                s = cache_admit(hy->cache, L, x);
+                if (s < 0) {
+                    hy->place_of[x] = SCHED_PLACE_CPU; /* no slot could be given up */
+                    continue;
+                }
+                hy->pinned[n_pin++] = s;
             }
             hy->slot_of[x] = s;
-            hy->pinned[n_pin++] = s;
             if ((rc = load_slot(hy, s, L, x, e)))
                 goto out;
         }
@@ -733,6 +752,7 @@ void hybrid_stats_get(const struct hybrid *hy, struct hybrid_stats *out,
         t->gpu_pairs += l.gpu_pairs;
         t->cpu_pairs += l.cpu_pairs;
         t->load_bytes += l.load_bytes;
+        t->streamed += l.streamed;
         t->act_bytes += l.act_bytes;
     }
 }
@@ -744,6 +764,7 @@ void hybrid_stats_reset(struct hybrid *hy)
     memset(hy->ls, 0, sizeof *hy->ls * (size_t)hy->n_layer);
     hy->st = (struct hybrid_stats){.n_layer = keep.n_layer,
                                    .n_slot = keep.n_slot,
+                                   .n_stream = keep.n_stream,
                                    .slot_bytes = keep.slot_bytes,
                                    .pool_bytes = keep.pool_bytes,
                                    .registered = keep.registered,

@@ -32,6 +32,12 @@
  *
  * Budgets: n_slot slots of gpu_slots_slot_bytes; at least HYBRID_MIN_SLOTS
  * x the experts per token (so one layer's loads of a decode step fit).
+ * Besides the cache, a streaming area of n_expert slots (one layer's
+ * experts; 340 MB for the reference shape): the loads a prefill step
+ * (tile 64) plans go there first, so a prompt can stream a whole layer to
+ * the GPU at any budget without evicting what decode keeps in the cache;
+ * its slots are reused layer after layer (a load waits for the kernels
+ * that read the slot last).
  * The slots start filled (round-robin over layers; by whole layers for
  * static placement), so a step at budget B finds about B of its experts
  * cached from the start.
@@ -84,12 +90,14 @@ struct hybrid_layer_stats {
     uint64_t gpu_cached, gpu_loaded, cpu; /* activated experts by where they ran */
     uint64_t gpu_pairs, cpu_pairs;        /* (token, expert) pairs */
     uint64_t load_bytes;                  /* expert bytes copied H2D (loads + prefetches) */
+    uint64_t streamed;                    /* loads of prefill into the streaming area */
     uint64_t act_bytes;                   /* hidden rows down, CPU results up */
 };
 
 struct hybrid_stats {
-    int32_t n_layer, n_slot;
-    uint64_t slot_bytes, pool_bytes;
+    int32_t n_layer, n_slot; /* n_slot: the cache's */
+    int32_t n_stream;        /* prefill's streaming slots, after the cache's */
+    uint64_t slot_bytes, pool_bytes; /* pool_bytes: cache and streaming slots */
     bool registered; /* loads read the registered mapping (else staging) */
     enum cache_policy policy;
     bool static_layers, prefetch;
