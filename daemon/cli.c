@@ -346,12 +346,14 @@ void cli_hybrid_print(FILE *f, const char *prefix, const struct cli_hybrid *h,
             ", prefetch hits %" PRIu64
             "; prediction %s; PCIe %.3f MB/token (loads %.3f, "
             "activations %.3f); host/layer %.1f us, wait/layer %.1f us, cpu/layer %.1f us, "
-            "predict/layer %.1f us, overhead/layer %.1f us\n",
+            "predict/layer %.1f us, overhead/layer %.1f us; cost corrections cpu x%.2f, "
+            "h2d x%.2f\n",
             prefix, st->n_slot, size, pct(st->n_slot, (double)all), pol, pct((double)t->cpu, act),
             pct((double)t->gpu_cached, act), pct((double)t->gpu_loaded, act), act, hit,
             (double)t->loads / tok, (double)t->streamed / tok, (double)t->evictions / tok,
             t->prefetches, t->prefetch_hits,
             pred, (double)(t->load_bytes + t->act_bytes) / 1e6 / tok,
             (double)t->load_bytes / 1e6 / tok, (double)t->act_bytes / 1e6 / tok, st->host_s * us,
-            st->wait_s * us, st->cpu_s * us, st->predict_s * us, over * us);
+            st->wait_s * us, st->cpu_s * us, st->predict_s * us, over * us, st->cpu_scale,
+            st->h2d_scale);
 }

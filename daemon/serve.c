@@ -586,6 +586,13 @@ static void metrics_hybrid(struct serve *sv, struct api_buf *b, const struct eng
                    "moed_hybrid_host_seconds_total{part=\"cpu\"} %.6f\n"
                    "moed_hybrid_host_seconds_total{part=\"predict\"} %.6f\n",
                    st.host_s, st.wait_s, st.cpu_s, st.predict_s);
+    api_buf_printf(b,
+                   "# HELP moed_hybrid_cost_scale The decode cost model's online corrections: "
+                   "measured / modelled CPU expert time and copy time (1: as calibrated).\n"
+                   "# TYPE moed_hybrid_cost_scale gauge\n"
+                   "moed_hybrid_cost_scale{part=\"cpu\"} %.4f\n"
+                   "moed_hybrid_cost_scale{part=\"h2d\"} %.4f\n",
+                   st.cpu_scale, st.h2d_scale);
     free(ls);
 }
 

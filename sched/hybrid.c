@@ -18,8 +18,17 @@
 struct hybrid {
     const struct model *m;
     struct hybrid_opts o;
-    struct sched_cost cost;
+    struct sched_cost base;     /* as given (calibrated or built in) */
+    struct sched_cost cost;     /* decode steps: base with the measured corrections */
     struct sched_cost cost_mma; /* prefill steps (tile 64): the GPU's tensor-core costs */
+    /* online correction of the decode cost model: each decode layer's copy
+     * time (two timing events around its loads on the copy stream) and CPU
+     * time against what the model predicted; moving averages scale the
+     * CPU's expert times and the copy rates of `cost` */
+    kc_event ev_c0, ev_c1;
+    bool copy_pending;
+    double copy_pred_us;        /* the pending loads' modelled time */
+    double r_cpu, r_h2d;        /* measured / modelled, averaged */
     int32_t n_layer, E, K, d, B;
     int *cost_type;                /* [n_layer] row of cost.type */
     struct gpu_slots *gs;
@@ -110,6 +119,8 @@ void hybrid_free(struct hybrid *hy)
     cache_free(hy->cache);
     kc_stream_free(hy->copy);
     kc_event_free(hy->ev_d2h);
+    kc_event_free(hy->ev_c0);
+    kc_event_free(hy->ev_c1);
     moe_exec_free(hy->cpu);
     predict_result_free(&hy->pres);
     predict_free(hy->pred);
@@ -229,6 +240,8 @@ int hybrid_new(struct hybrid **out, const struct model *m, const struct hybrid_o
         hy->cost = *o->cost;
     else
         sched_cost_default(&hy->cost);
+    hy->base = hy->cost;
+    hy->r_cpu = hy->r_h2d = 1;
     hy->n_layer = hp->n_layer;
     hy->E = hp->n_expert;
     hy->K = hp->n_expert_used;
@@ -305,7 +318,8 @@ int hybrid_new(struct hybrid **out, const struct model *m, const struct hybrid_o
     hy->n_stream = n_stream;
     if (hy->trace > 1)
         fprintf(stderr, "hybrid: new: %d cache slots, %d streaming\n", n_cache, n_stream);
-    if ((rc = kc_stream_new(&hy->copy, e)) || (rc = kc_event_new_sync(&hy->ev_d2h, e)))
+    if ((rc = kc_stream_new(&hy->copy, e)) || (rc = kc_event_new_sync(&hy->ev_d2h, e)) ||
+        (rc = kc_event_new(&hy->ev_c0, e)) || (rc = kc_event_new(&hy->ev_c1, e)))
         goto fail;
     if (hy->trace > 1)
         fprintf(stderr, "hybrid: new: streams\n");
@@ -393,9 +407,10 @@ int hybrid_new(struct hybrid **out, const struct model *m, const struct hybrid_o
     for (int32_t s = 0; s < n_cache; s++) {
         int32_t il = o->static_layers ? s / hy->E : s % hy->n_layer;
         int32_t ex = o->static_layers ? s % hy->E : s / hy->n_layer;
-        int32_t got = cache_prefetch(hy->cache, il, ex);
+        int32_t got = cache_admit(hy->cache, il, ex); /* counted, then reset below */
         if (got < 0)
             break;
+        cache_unpin(hy->cache, got);
         if ((rc = gpu_slots_load(hy->gs, got, il, ex, hy->copy, e)))
             goto fail;
     }
@@ -476,6 +491,47 @@ static int prefetch(struct hybrid *hy, int32_t layer, int32_t n, double budget_u
     return 0;
 }
 
+#define R_ALPHA 0.05 /* weight of one layer's measurement */
+#define R_MIN 0.5
+#define R_MAX 4.0
+
+static double clampd(double x, double lo, double hi)
+{
+    return x < lo ? lo : x > hi ? hi : x;
+}
+
+/* Apply r_cpu and r_h2d to the decode cost model. */
+static void apply_corrections(struct hybrid *hy)
+{
+    struct sched_cost *c = &hy->cost;
+    for (int t = 0; t < c->ntypes; t++) {
+        c->type[t].cpu_us = hy->base.type[t].cpu_us * hy->r_cpu;
+        c->type[t].cpu_us_tok = hy->base.type[t].cpu_us_tok * hy->r_cpu;
+    }
+    c->h2d_gbs = hy->base.h2d_gbs / hy->r_h2d;
+    c->h2d_shared_gbs = hy->base.h2d_shared_gbs / hy->r_h2d;
+}
+
+/* The last decode layer's loads, once their copies have landed. */
+static int measure_copies(struct hybrid *hy, struct moed_err *e)
+{
+    bool done = false;
+    int rc = kc_event_query(hy->ev_c1, &done, e);
+    if (rc || !done)
+        return rc;
+    float ms = 0;
+    if ((rc = kc_event_ms(hy->ev_c0, hy->ev_c1, &ms, e)))
+        return rc;
+    hy->copy_pending = false;
+    if (hy->copy_pred_us > 0 && ms > 0) {
+        /* the model's time was for the corrected rate: undo it to compare */
+        double r = (double)ms * 1e3 / (hy->copy_pred_us / hy->r_h2d);
+        hy->r_h2d = clampd((1 - R_ALPHA) * hy->r_h2d + R_ALPHA * r, R_MIN, R_MAX);
+        apply_corrections(hy);
+    }
+    return 0;
+}
+
 #define TRACE2(what)                                                                               \
     do {                                                                                           \
         if (hy->trace > 1)                                                                         \
@@ -514,6 +570,8 @@ int hybrid_moe(struct hybrid *hy, kc_stream st, const struct hybrid_io *io, stru
     hy->st.wait_s += tr - tw;
     hy->last_wait_us = (tr - tw) * 1e6;
     if ((rc = poll_loaded(hy, e)))
+        return rc;
+    if (hy->copy_pending && (rc = measure_copies(hy, e)))
         return rc;
 
     TRACE2("synced");
@@ -572,6 +630,10 @@ int hybrid_moe(struct hybrid *hy, kc_stream st, const struct hybrid_io *io, stru
                           : hy->slot_of[x] >= 0 ? SCHED_PLACE_GPU_CACHED
                                                 : SCHED_PLACE_CPU;
     }
+    bool timed = planned && io->tile != 64 && hy->plan.n_load > 0 && !hy->copy_pending;
+    double copy_pred = 0;
+    if (timed && (rc = kc_event_record(hy->ev_c0, hy->copy, e)))
+        goto out;
     if (planned)
         for (int q = 0; q < hy->plan.n_load; q++) {
             int32_t x = hy->act[hy->plan.load_order[q]];
@@ -592,7 +654,16 @@ int hybrid_moe(struct hybrid *hy, kc_stream st, const struct hybrid_io *io, stru
             hy->slot_of[x] = s;
             if ((rc = load_slot(hy, s, L, x, e)))
                 goto out;
+            copy_pred += sched_cost_load_us(&hy->cost, hy->cost.type[hy->cost_type[L]].bytes);
         }
+    if (timed) {
+        if ((rc = kc_event_record(hy->ev_c1, hy->copy, e)))
+            goto out;
+        /* the CPU streams experts meanwhile (when it has any) */
+        bool cpu_busy = hy->plan.n_cpu > 0;
+        hy->copy_pred_us = copy_pred * (cpu_busy ? sched_cost_h2d_factor(&hy->cost) : 1);
+        hy->copy_pending = copy_pred > 0;
+    }
 
     /* 5. prefetch the next layer's predicted experts behind this layer's loads */
     if (predict && L + 1 < hy->n_layer) {
@@ -686,7 +757,20 @@ int hybrid_moe(struct hybrid *hy, kc_stream st, const struct hybrid_io *io, stru
         if ((rc = moe_cpu_rows(hy->cpu, &hy->mx[L], hy->h_x[buf], n, hy->row_tok, n_cpu_pairs,
                                hy->groups, n_cpu_groups, hy->h_y, e)))
             goto out;
-        hy->st.cpu_s += now_s() - tc;
+        double cpu_us = (now_s() - tc) * 1e6;
+        hy->st.cpu_s += cpu_us * 1e-6;
+        if (planned && io->tile != 64) { /* decode: correct the CPU's expert times */
+            double pred = 0;
+            for (int32_t g = 0; g < n_cpu_groups; g++)
+                pred += sched_cost_cpu_us(&hy->cost, hy->cost_type[L], hy->groups[g].n);
+            if (hy->plan.n_load > 0)
+                pred *= sched_cost_cpu_factor(&hy->cost);
+            if (pred > 0) {
+                double r = cpu_us / (pred / hy->r_cpu);
+                hy->r_cpu = clampd((1 - R_ALPHA) * hy->r_cpu + R_ALPHA * r, R_MIN, R_MAX);
+                apply_corrections(hy);
+            }
+        }
         size_t yb = (size_t)n_cpu_pairs * d * sizeof(float);
         if ((rc = kc_h2d(io->ypair + (size_t)n_gpu_pairs * d, hy->h_y, yb, st, e)))
             goto out;
@@ -724,6 +808,8 @@ void hybrid_stats_get(const struct hybrid *hy, struct hybrid_stats *out,
                       struct hybrid_layer_stats *per_layer)
 {
     *out = hy->st;
+    out->cpu_scale = hy->r_cpu;
+    out->h2d_scale = hy->r_h2d;
     memset(&out->total, 0, sizeof out->total);
     struct gpu_slots_stats gst;
     gpu_slots_get_stats(hy->gs, &gst);

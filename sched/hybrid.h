@@ -42,6 +42,15 @@
  * static placement), so a step at budget B finds about B of its experts
  * cached from the start.
  *
+ * Cost model: the one given (calibrated by `moed calibrate`, or built in)
+ * plans prefill steps (with its tile-64 GPU figures); decode steps plan on a
+ * copy corrected online: every decode layer with loads times them on the
+ * copy stream (two events) and its CPU experts on the host, and moving
+ * averages (weight 0.05 a layer, within 0.5x..4x) of measured / modelled
+ * scale the CPU's expert times and the copy rates.  Shared host DRAM and
+ * the kernels' real behaviour in the pipeline differ from the calibration's
+ * isolated loops; this closes the gap without a second calibration.
+ *
  * Static placement (the peer's way, an ablation): slots hold whole layers
  * in layer order, never change; cached experts run on the GPU, the others
  * on the CPU; no loads, no prefetch.
@@ -108,6 +117,7 @@ struct hybrid_stats {
     double predict_s;      /* ... predicting and issuing prefetches */
     double plan_est_us;    /* sum of the plans' makespans */
     uint64_t pred_tokens, pred_hits; /* prefetch predictions: |pred ∩ actual| over tokens * k */
+    double cpu_scale, h2d_scale; /* the decode cost model's online corrections (1: as given) */
     struct hybrid_layer_stats total;
 };
 

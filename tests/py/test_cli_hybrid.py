@@ -212,7 +212,8 @@ HYBRID = re.compile(
     r"prefetches (?P<prefetches>\d+), prefetch hits (?P<phits>\d+); prediction (?P<pred>[0-9.]+%|-); "
     r"PCIe (?P<pcie>[0-9.]+) MB/token \(loads [0-9.]+, activations [0-9.]+\); "
     r"host/layer (?P<host>[0-9.]+) us, wait/layer [0-9.]+ us, cpu/layer [0-9.]+ us, "
-    r"predict/layer [0-9.]+ us, overhead/layer -?[0-9.]+ us$", re.M)
+    r"predict/layer [0-9.]+ us, overhead/layer -?[0-9.]+ us; "
+    r"cost corrections cpu x[0-9.]+, h2d x[0-9.]+$", re.M)
 
 
 def bench_rows(out: str) -> dict[str, str]:

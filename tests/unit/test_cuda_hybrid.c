@@ -46,13 +46,13 @@ static void cost_make(struct sched_cost *c, int kind)
     if (kind == C_CPU_CHEAP) { /* the CPU wins every expert */
         c->type[0].cpu_us = 0.1;
         c->type[0].cpu_us_tok = 0.01;
-        c->type[0].gpu_us = 1000;
+        c->type[0].gpu_us = c->type[0].gpu_mma_us = 1000;
         c->load_us = 1000;
     } else if (kind == C_LOADS_CHEAP) { /* loading beats the CPU */
         c->type[0].cpu_us = 5000;
         c->type[0].cpu_us_tok = 500;
-        c->type[0].gpu_us = 1;
-        c->type[0].gpu_us_tok = 0.1;
+        c->type[0].gpu_us = c->type[0].gpu_mma_us = 1;
+        c->type[0].gpu_us_tok = c->type[0].gpu_mma_us_tok = 0.1;
         c->load_us = 0.1;
         c->h2d_gbs = c->h2d_shared_gbs = 1000;
     }
