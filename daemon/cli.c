@@ -342,7 +342,8 @@ void cli_hybrid_print(FILE *f, const char *prefix, const struct cli_hybrid *h,
     fprintf(f,
             "%sbudget %d slots, %s, %.1f%% of experts; policy %s; plan cpu %.1f%% "
             "gpu-cached %.1f%% gpu-loaded %.1f%% of %.0f activated; hit rate %s; "
-            "loads %.2f/token (+%.2f streamed), evictions %.2f/token; prefetches %" PRIu64
+            "loads %.2f/token (+%.2f streamed; %.2f behind the CPU), evictions %.2f/token; "
+            "prefetches %" PRIu64
             ", prefetch hits %" PRIu64
             "; prediction %s; PCIe %.3f MB/token (loads %.3f, "
             "activations %.3f); host/layer %.1f us, wait/layer %.1f us, cpu/layer %.1f us, "
@@ -350,7 +351,8 @@ void cli_hybrid_print(FILE *f, const char *prefix, const struct cli_hybrid *h,
             "h2d x%.2f\n",
             prefix, st->n_slot, size, pct(st->n_slot, (double)all), pol, pct((double)t->cpu, act),
             pct((double)t->gpu_cached, act), pct((double)t->gpu_loaded, act), act, hit,
-            (double)t->loads / tok, (double)t->streamed / tok, (double)t->evictions / tok,
+            (double)t->loads / tok, (double)t->streamed / tok, (double)t->behind / tok,
+            (double)t->evictions / tok,
             t->prefetches, t->prefetch_hits,
             pred, (double)(t->load_bytes + t->act_bytes) / 1e6 / tok,
             (double)t->load_bytes / 1e6 / tok, (double)t->act_bytes / 1e6 / tok, st->host_s * us,

@@ -546,6 +546,8 @@ static void metrics_hybrid(struct serve *sv, struct api_buf *b, const struct eng
            "Experts loaded ahead of their layer on a prediction, per layer.");
     LAYERS("moed_expert_cache_prefetch_hits_total", prefetch_hits,
            "Prefetched experts used before their eviction, per layer.");
+    LAYERS("moed_expert_cache_behind_loads_total", behind,
+           "Misses run on the CPU then loaded into the cache for later steps, per layer.");
     LAYERS("moed_expert_stream_loads_total", streamed,
            "Experts a prefill step copied into the streaming area (not cached), per layer.");
 #undef LAYERS

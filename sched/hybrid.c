@@ -777,6 +777,40 @@ int hybrid_moe(struct hybrid *hy, kc_stream st, const struct hybrid_io *io, stru
         ls->act_bytes += yb;
     }
 
+    /* 6. admission behind the CPU (decode): a miss the CPU ran this step is
+     * likely wanted again next step (routing is local in time), so it is
+     * loaded into the cache while the copy engine would idle through the
+     * next layer's attention: at most the window's worth, at least one
+     * when the engine is idle.  The plan never pays for these copies. */
+    if (planned && io->tile != 64 && hy->n_cache > 0) {
+        double busy = (hy->copy_free_at - now_s()) * 1e6;
+        double budget = hy->last_wait_us - (busy > 0 ? busy : 0);
+        double t1 = sched_cost_load_us(&hy->cost, hy->cost.type[hy->cost_type[L]].bytes);
+        int max_n = busy <= 0 ? 1 : 0;
+        if (budget > 0 && (int)(budget / t1) > max_n)
+            max_n = (int)(budget / t1);
+        for (int done = 0; done < max_n;) {
+            int32_t best = -1; /* the CPU miss with the most tokens, then the lower id */
+            for (int32_t i = 0; i < n_act; i++) {
+                int32_t x = hy->act[i];
+                if (hy->place_of[x] == SCHED_PLACE_CPU && hy->slot_of[x] < 0 &&
+                    (best < 0 || hy->cnt[x] > hy->cnt[best]))
+                    best = x;
+            }
+            if (best < 0)
+                break;
+            int32_t sl = cache_admit(hy->cache, L, best);
+            hy->slot_of[best] = sl >= 0 ? sl : CACHE_BYPASS; /* not again this layer */
+            if (sl < 0)
+                break;
+            hy->pinned[n_pin++] = sl;
+            if ((rc = load_slot(hy, sl, L, best, e)))
+                goto out;
+            ls->behind++;
+            done++;
+        }
+    }
+
     for (int32_t i = 0; i < n_act; i++) {
         int32_t x = hy->act[i];
         int p = hy->place_of[x];
@@ -839,6 +873,7 @@ void hybrid_stats_get(const struct hybrid *hy, struct hybrid_stats *out,
         t->cpu_pairs += l.cpu_pairs;
         t->load_bytes += l.load_bytes;
         t->streamed += l.streamed;
+        t->behind += l.behind;
         t->act_bytes += l.act_bytes;
     }
 }

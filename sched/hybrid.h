@@ -22,6 +22,11 @@
  *      (moe_cpu_rows) into pinned memory and uploads them into the pairs'
  *      rows of the device's per-pair output, so kc_moe_combine sums every
  *      token's experts in slot order as in the all-GPU path;
+ *   6. admission behind the CPU (decode): misses the CPU ran are loaded
+ *      into the cache while the copy engine idles through the next layer's
+ *      attention (the plan of one layer cannot see that a load also serves
+ *      the next steps; without this a large cache whose misses all go to
+ *      the CPU never learns the working set);
  *   5. prefetch (decode steps of at most HYBRID_PREDICT_MAX_TOK tokens):
  *      the forward pass also applies the next layer's router to h on the GPU
  *      (next_logits, one small matvec); from those logits (sched/predict.h)
@@ -100,6 +105,7 @@ struct hybrid_layer_stats {
     uint64_t gpu_pairs, cpu_pairs;        /* (token, expert) pairs */
     uint64_t load_bytes;                  /* expert bytes copied H2D (loads + prefetches) */
     uint64_t streamed;                    /* loads of prefill into the streaming area */
+    uint64_t behind;                      /* CPU-run misses loaded into the cache after */
     uint64_t act_bytes;                   /* hidden rows down, CPU results up */
 };
 
