@@ -806,6 +806,8 @@ static void *loader_main(void *arg)
     return NULL;
 }
 
+#define SHARED_TRIALS 3
+
 static int gpu_shared(struct gpu_ctx *g, const struct model *m, struct sched_pool *pool,
                       struct calib_result *r, double budget_s, FILE *log, struct moed_err *e)
 {
@@ -828,43 +830,63 @@ static int gpu_shared(struct gpu_ctx *g, const struct model *m, struct sched_poo
     }
     r->shared_cpu_alone_gbs = (double)runs * (double)bytes / ((t1 - t0) * 1e9);
 
-    struct loader l = {.g = g, .n_slot = r->n_slot};
-    double n = budget_s * r->h2d_gbs * 1e9 / (double)bytes;
-    l.n_load = n < 16 ? 16 : n > 1e6 ? 1000000 : (int)n;
-    if (pairs_init(&l.p, m, r, t)) {
-        cpu_bench_free(&b);
-        return moed_err_set(e, MOED_ENOMEM, "calibration: out of memory");
-    }
-    pthread_t th;
-    if (pthread_create(&th, NULL, loader_main, &l)) {
+    /* Both at once, SHARED_TRIALS times; the best CPU rate wins.  The copy
+     * thread feeding the stream takes a core from the pinned pool now and
+     * then, and a pool run waits for its slowest thread, so a trial can read
+     * the CPU several times slower than sharing DRAM makes it; interference
+     * only ever lowers the rate. */
+    r->shared_cpu_gbs = 0;
+    for (int trial = 0; trial < SHARED_TRIALS && !rc; trial++) {
+        struct loader l = {.g = g, .n_slot = r->n_slot};
+        double n = budget_s / SHARED_TRIALS * r->h2d_gbs * 1e9 / (double)bytes;
+        l.n_load = n < 16 ? 16 : n > 1e6 ? 1000000 : (int)n;
+        if (pairs_init(&l.p, m, r, t)) {
+            rc = moed_err_set(e, MOED_ENOMEM, "calibration: out of memory");
+            break;
+        }
+        pthread_t th;
+        if (pthread_create(&th, NULL, loader_main, &l)) {
+            free(l.p.layers);
+            rc = moed_err_set(e, MOED_EIO, "calibration: cannot start the copy thread");
+            break;
+        }
+        while (!atomic_load(&l.started))
+            ;
+        t0 = now_s();
+        runs = 0;
+        while (!rc && !atomic_load(&l.done)) {
+            rc = cpu_bench_run(&b, 1, e);
+            runs++;
+        }
+        t1 = now_s();
+        pthread_join(th, NULL);
         free(l.p.layers);
-        cpu_bench_free(&b);
-        return moed_err_set(e, MOED_EIO, "calibration: cannot start the copy thread");
+        if (rc) {
+            moed_err_wrap(e, "shared run (CPU)");
+            break;
+        }
+        if (l.rc) {
+            *e = l.err;
+            rc = moed_err_wrap(e, "shared run (copies)");
+            break;
+        }
+        double us;
+        if ((rc = event_us(g, &us, e))) {
+            moed_err_wrap(e, "shared run");
+            break;
+        }
+        double cpu = (double)runs * (double)bytes / ((t1 - t0) * 1e9);
+        logf_(log, "calibrate: shared trial %d: cpu %.1f GB/s, h2d %.1f GB/s\n", trial + 1, cpu,
+              (double)l.n_load * (double)bytes / (us * 1e3));
+        if (cpu > r->shared_cpu_gbs) {
+            r->shared_s = t1 - t0;
+            r->shared_cpu_gbs = cpu;
+            r->shared_h2d_gbs = (double)l.n_load * (double)bytes / (us * 1e3);
+        }
     }
-    while (!atomic_load(&l.started))
-        ;
-    t0 = now_s();
-    runs = 0;
-    while (!rc && !atomic_load(&l.done)) {
-        rc = cpu_bench_run(&b, 1, e);
-        runs++;
-    }
-    t1 = now_s();
-    pthread_join(th, NULL);
-    free(l.p.layers);
     cpu_bench_free(&b);
     if (rc)
-        return moed_err_wrap(e, "shared run (CPU)");
-    if (l.rc) {
-        *e = l.err;
-        return moed_err_wrap(e, "shared run (copies)");
-    }
-    double us;
-    if ((rc = event_us(g, &us, e)))
-        return moed_err_wrap(e, "shared run");
-    r->shared_s = t1 - t0;
-    r->shared_cpu_gbs = (double)runs * (double)bytes / ((t1 - t0) * 1e9);
-    r->shared_h2d_gbs = (double)l.n_load * (double)bytes / (us * 1e3);
+        return rc;
     logf_(log, "calibrate: shared %.2f s: cpu %.1f GB/s (alone %.1f), h2d %.1f GB/s\n",
           r->shared_s, r->shared_cpu_gbs, r->shared_cpu_alone_gbs, r->shared_h2d_gbs);
     return 0;

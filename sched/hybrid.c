@@ -782,7 +782,11 @@ int hybrid_moe(struct hybrid *hy, kc_stream st, const struct hybrid_io *io, stru
      * loaded into the cache while the copy engine would idle through the
      * next layer's attention: at most the window's worth, at least one
      * when the engine is idle.  The plan never pays for these copies. */
-    if (planned && io->tile != 64 && hy->n_cache > 0) {
+    /* (only with a cache of at least one decode step's experts per layer:
+     * a smaller one cannot hold a working set, and the copies would only
+     * take DRAM bandwidth from the CPU) */
+    if (planned && io->tile != 64 &&
+        hy->n_cache >= (int64_t)hy->n_layer * hy->K) {
         double busy = (hy->copy_free_at - now_s()) * 1e6;
         double budget = hy->last_wait_us - (busy > 0 ? busy : 0);
         double t1 = sched_cost_load_us(&hy->cost, hy->cost.type[hy->cost_type[L]].bytes);

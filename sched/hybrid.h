@@ -22,7 +22,8 @@
  *      (moe_cpu_rows) into pinned memory and uploads them into the pairs'
  *      rows of the device's per-pair output, so kc_moe_combine sums every
  *      token's experts in slot order as in the all-GPU path;
- *   6. admission behind the CPU (decode): misses the CPU ran are loaded
+ *   6. admission behind the CPU (decode, with a cache of at least
+ *      n_layer x n_expert_used slots): misses the CPU ran are loaded
  *      into the cache while the copy engine idles through the next layer's
  *      attention (the plan of one layer cannot see that a load also serves
  *      the next steps; without this a large cache whose misses all go to
