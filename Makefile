@@ -154,8 +154,13 @@ test-unit: $(BIN)/moed-tests
 # result is checked by the code itself.
 # Without a device they report themselves skipped.
 SANITIZER ?= $(shell command -v compute-sanitizer 2>/dev/null || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null)
+# The models the GPU tests write go to tmpfs when there is one: registering
+# (cudaHostRegister) the mapping of a file just written to ext4 hung on the
+# GPU machine.  MOED_TEST_TMP overrides.
+GPU_TEST_TMP ?= $(if $(wildcard /dev/shm),/dev/shm/moed-test-$(shell id -u),)
 test-gpu: $(BIN)/moed-tests
-	@st=0; MOED_SHARED=$(SHARED) $(BIN)/moed-tests cuda_ || st=1; \
+	@st=0; $(if $(GPU_TEST_TMP),mkdir -p $(GPU_TEST_TMP); export MOED_TEST_TMP=$${MOED_TEST_TMP:-$(GPU_TEST_TMP)};) \
+	MOED_SHARED=$(SHARED) $(BIN)/moed-tests cuda_ || st=1; \
 	if [ -n "$(SANITIZER)" ]; then \
 	  echo "test-gpu: under $(SANITIZER)"; \
 	  MOED_SHARED=$(SHARED) $(SANITIZER) --tool memcheck --leak-check full --report-api-errors no --error-exitcode 1 \
