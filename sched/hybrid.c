@@ -494,6 +494,7 @@ static int prefetch(struct hybrid *hy, int32_t layer, int32_t n, double budget_u
 #define R_ALPHA 0.05 /* weight of one layer's measurement */
 #define R_MIN 0.5
 #define R_MAX 4.0
+#define R_DRIFT 0.002 /* per decode layer without a measurement, towards 1 */
 
 static double clampd(double x, double lo, double hi)
 {
@@ -752,6 +753,7 @@ int hybrid_moe(struct hybrid *hy, kc_stream st, const struct hybrid_io *io, stru
 
     TRACE2("gpu enqueued");
     /* 4. CPU experts on the pool, while the GPU runs its own; results up */
+    bool cpu_measured = false;
     if (n_cpu_pairs) {
         double tc = now_s();
         if ((rc = moe_cpu_rows(hy->cpu, &hy->mx[L], hy->h_x[buf], n, hy->row_tok, n_cpu_pairs,
@@ -760,6 +762,7 @@ int hybrid_moe(struct hybrid *hy, kc_stream st, const struct hybrid_io *io, stru
         double cpu_us = (now_s() - tc) * 1e6;
         hy->st.cpu_s += cpu_us * 1e-6;
         if (planned && io->tile != 64) { /* decode: correct the CPU's expert times */
+            cpu_measured = true;
             double pred = 0;
             for (int32_t g = 0; g < n_cpu_groups; g++)
                 pred += sched_cost_cpu_us(&hy->cost, hy->cost_type[L], hy->groups[g].n);
@@ -775,6 +778,13 @@ int hybrid_moe(struct hybrid *hy, kc_stream st, const struct hybrid_io *io, stru
         if ((rc = kc_h2d(io->ypair + (size_t)n_gpu_pairs * d, hy->h_y, yb, st, e)))
             goto out;
         ls->act_bytes += yb;
+    }
+
+    /* a side the plans stopped using is not measured any more: its
+     * correction drifts back towards the model, so the plans try it again */
+    if (planned && io->tile != 64 && !cpu_measured && hy->r_cpu != 1) {
+        hy->r_cpu += R_DRIFT * (1 - hy->r_cpu);
+        apply_corrections(hy);
     }
 
     /* 6. admission behind the CPU (decode): a miss the CPU ran this step is

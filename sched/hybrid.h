@@ -53,7 +53,9 @@
  * copy corrected online: every decode layer with loads times them on the
  * copy stream (two events) and its CPU experts on the host, and moving
  * averages (weight 0.05 a layer, within 0.5x..4x) of measured / modelled
- * scale the CPU's expert times and the copy rates.  Shared host DRAM and
+ * scale the CPU's expert times and the copy rates; a correction that is
+ * no longer measured (the plans stopped giving the CPU experts) drifts back
+ * towards 1 by 0.2% a layer, so the plans try that side again.  Shared host DRAM and
  * the kernels' real behaviour in the pipeline differ from the calibration's
  * isolated loops; this closes the gap without a second calibration.
  *
