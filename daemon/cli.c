@@ -227,40 +227,11 @@ void cli_hybrid_usage(FILE *f, int col)
 int cli_hybrid_pool(const char *cmd, int nthreads, struct sched_pool **pool, char *desc, size_t n,
                     struct moed_err *e)
 {
-    struct sched_topo t = {0};
-    struct sched_topo_plan p = {0};
-    struct moed_err te = {0};
-    char why[sizeof te.msg + 64] = "";
-    *pool = NULL;
-    if (sched_topo_load(&t, &(struct sched_topo_opts){.from = SCHED_TOPO_SYSTEM}, &te))
-        snprintf(why, sizeof why, "topology: %s", te.msg);
-    else if (nthreads > t.ncores)
-        snprintf(why, sizeof why, "%d threads, %d physical core%s", nthreads, t.ncores,
-                 t.ncores == 1 ? "" : "s");
-    else if (sched_topo_plan_init(&p, &t, nthreads, &te) ||
-             sched_pool_init(pool,
-                             &(struct sched_pool_opts){.nthreads = p.nworkers,
-                                                       .cpus = p.cpus,
-                                                       .ncpus = p.nworkers,
-                                                       .pin_caller = true},
-                             &te))
-        snprintf(why, sizeof why, "%s", te.msg);
-    int ncores = t.ncores;
-    sched_topo_plan_free(&p);
-    sched_topo_free(&t);
-    if (*pool) {
-        int nt = sched_pool_size(*pool);
-        snprintf(desc, n, "%d thread%s pinned one per physical core", nt, nt == 1 ? "" : "s");
-        return 0;
-    }
-    fprintf(stderr, "moed %s: note: CPU workers not pinned: %s\n", cmd, why);
-    int rc = sched_pool_init(
-        pool, &(struct sched_pool_opts){.nthreads = nthreads > 0 ? nthreads : ncores}, e);
-    if (rc)
-        return rc;
-    int nt = sched_pool_size(*pool);
-    snprintf(desc, n, "%d thread%s (not pinned)", nt, nt == 1 ? "" : "s");
-    return 0;
+    char why[MOED_ERR_MSG + 64];
+    int rc = sched_topo_pool(nthreads, true, pool, desc, n, why, sizeof why, e);
+    if (!rc && why[0])
+        fprintf(stderr, "moed %s: note: CPU workers not pinned: %s\n", cmd, why);
+    return rc;
 }
 
 static double pct(double a, double b)

@@ -43,6 +43,7 @@
 #include "sched/calib.h"
 #include "sched/cost.h"
 #include "sched/pool.h"
+#include "sched/topo.h"
 
 /* A request waiting in the queue (owned by the engine once submitted). */
 struct job {
@@ -368,22 +369,6 @@ static void seq_end(struct engine *eng, struct seq *s)
 
 /* ---- loading --------------------------------------------------------------- */
 
-static int physical_cores(void)
-{
-    hwloc_topology_t t;
-    if (hwloc_topology_init(&t))
-        return 0;
-    int n = 0;
-    if (!hwloc_topology_load(t))
-        n = hwloc_get_nbobjs_by_type(t, HWLOC_OBJ_CORE);
-    hwloc_topology_destroy(t);
-    if (n <= 0) {
-        long c = sysconf(_SC_NPROCESSORS_ONLN);
-        n = c > 0 ? (int)c : 1;
-    }
-    return n;
-}
-
 static void fmt_bytes(uint64_t b, char *buf, size_t n)
 {
     if (b >= (1ull << 30))
@@ -655,9 +640,13 @@ static int engine_load(struct engine *eng, struct moed_err *e)
         elog(eng, 1, "ctx_size %d is longer than the %d tokens the model was trained for",
              eng->ctx_size, hp->n_ctx_train);
 
-    eng->threads = eng->threads_opt > 0 ? eng->threads_opt : physical_cores();
-    if ((rc = sched_pool_init(&eng->pool, &(struct sched_pool_opts){.nthreads = eng->threads}, e)))
-        return moed_err_wrap(e, "thread pool of %d", eng->threads);
+    /* one worker per physical core (or `threads`), pinned where the topology allows */
+    char pdesc[96], pwhy[MOED_ERR_MSG + 64];
+    if ((rc = sched_topo_pool(eng->threads_opt, false, &eng->pool, pdesc, sizeof pdesc, pwhy,
+                              sizeof pwhy, e)))
+        return moed_err_wrap(e, "thread pool of %d", eng->threads_opt);
+    if (pwhy[0])
+        elog(eng, 1, "CPU workers not pinned: %s", pwhy);
     eng->threads = sched_pool_size(eng->pool);
     eng->max_batch = eng->max_seqs + eng->prefill_chunk;
 

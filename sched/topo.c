@@ -9,11 +9,14 @@
  */
 #include <errno.h>
 #include <hwloc.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "sched/topo.h"
+
+#include "sched/pool.h"
 
 /* Row counts beyond this are not a weight matrix; it keeps the products in
  * split_rows (blocks * workers) well inside int64_t. */
@@ -376,5 +379,44 @@ int sched_topo_membind(const struct sched_topo *t, const void *addr, size_t len,
                                HWLOC_MEMBIND_BYNODESET | HWLOC_MEMBIND_MIGRATE) < 0)
         return moed_err_set(err, MOED_EIO, "bind %p+%zu to NUMA node %d: %s", addr, len,
                             t->nodes[node].os_index, strerror(errno));
+    return 0;
+}
+
+int sched_topo_pool(int nthreads, bool pin_caller, struct sched_pool **pool, char *desc,
+                    size_t n, char *why, size_t wn, struct moed_err *e)
+{
+    struct sched_topo t = {0};
+    struct sched_topo_plan p = {0};
+    struct moed_err te = {0};
+    *pool = NULL;
+    if (wn)
+        why[0] = 0;
+    if (sched_topo_load(&t, &(struct sched_topo_opts){.from = SCHED_TOPO_SYSTEM}, &te))
+        snprintf(why, wn, "topology: %s", te.msg);
+    else if (nthreads > t.ncores)
+        snprintf(why, wn, "%d threads, %d physical core%s", nthreads, t.ncores,
+                 t.ncores == 1 ? "" : "s");
+    else if (sched_topo_plan_init(&p, &t, nthreads, &te) ||
+             sched_pool_init(pool,
+                             &(struct sched_pool_opts){.nthreads = p.nworkers,
+                                                       .cpus = p.cpus,
+                                                       .ncpus = p.nworkers,
+                                                       .pin_caller = pin_caller},
+                             &te))
+        snprintf(why, wn, "%s", te.msg);
+    int ncores = t.ncores;
+    sched_topo_plan_free(&p);
+    sched_topo_free(&t);
+    if (*pool) {
+        int nt = sched_pool_size(*pool);
+        snprintf(desc, n, "%d thread%s pinned one per physical core", nt, nt == 1 ? "" : "s");
+        return 0;
+    }
+    int rc = sched_pool_init(
+        pool, &(struct sched_pool_opts){.nthreads = nthreads > 0 ? nthreads : ncores}, e);
+    if (rc)
+        return rc;
+    int nt = sched_pool_size(*pool);
+    snprintf(desc, n, "%d thread%s (not pinned)", nt, nt == 1 ? "" : "s");
     return 0;
 }

@@ -133,4 +133,16 @@ int sched_topo_split_rows(const struct sched_topo_plan *p, int64_t nrows, int al
 int sched_topo_membind(const struct sched_topo *t, const void *addr, size_t len, int node,
                        struct moed_err *err);
 
+/*
+ * A worker pool of nthreads (0: one per physical core) pinned one worker per
+ * physical core by the plan above (the caller pinned too when pin_caller).
+ * When that cannot be done (no topology, more threads than cores, pinning
+ * refused) the pool is made unpinned and *why says why (empty when pinned).
+ * desc gets "N threads pinned one per physical core" or "N threads (not
+ * pinned)".  Errors only when even the unpinned pool cannot start.
+ */
+struct sched_pool;
+int sched_topo_pool(int nthreads, bool pin_caller, struct sched_pool **pool, char *desc,
+                    size_t n, char *why, size_t wn, struct moed_err *e);
+
 #endif
