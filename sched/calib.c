@@ -539,6 +539,71 @@ static int upload_grouping(struct gpu_ctx *g, int i, int tile, int32_t *ht, int3
     return 0;
 }
 
+/* One timed launch of gate_up + down; with ns > 0 each launch takes the
+ * next slot's expert (the pointer table's entries 0..ns-1). */
+struct launch {
+    struct gpu_ctx *g;
+    struct kc_experts ex;
+    const struct kc_moe_groups *dg;
+    int32_t tile, mt;
+    int ns, it;
+};
+
+static int launch_one(struct launch *l, struct moed_err *e)
+{
+    struct gpu_ctx *g = l->g;
+    if (l->ns > 0) {
+        int s = l->it++ % l->ns;
+        l->ex.gate = g->dtab + s;
+        l->ex.up = g->dtab + l->ns + s;
+        l->ex.down = g->dtab + 2 * l->ns + s;
+    }
+    int rc = kc_moe_gate_up(g->comp, &l->ex, g->dx, l->dg, l->tile, l->mt, g->dact, e);
+    return rc ? rc : kc_moe_down(g->comp, &l->ex, g->dact, l->dg, l->tile, l->mt, g->dy, e);
+}
+
+/* Warm-up launches, a probe batch that sizes the timed batches to about
+ * budget_us each (reps within lo..hi; a launch counted as at least per_min
+ * us), then 5 timed batches: the median time of one launch. */
+static int time_launches(struct launch *l, int warm, int probe, double budget_us, double per_min,
+                         int lo, int hi, double *us, int *reps_out, struct moed_err *e)
+{
+    struct gpu_ctx *g = l->g;
+    int rc = 0;
+    for (int k = 0; k < warm && !rc; k++)
+        rc = launch_one(l, e);
+    double probe_us = 0;
+    if (!rc)
+        rc = kc_event_record(g->ev0, g->comp, e);
+    for (int k = 0; k < probe && !rc; k++)
+        rc = launch_one(l, e);
+    if (!rc)
+        rc = kc_event_record(g->ev1, g->comp, e);
+    if (!rc)
+        rc = event_us(g, &probe_us, e);
+    if (rc)
+        return rc;
+    double per = probe_us / probe;
+    double want = budget_us / (per > per_min ? per : per_min);
+    int reps = want < lo ? lo : want > hi ? hi : (int)want;
+    double bm[5];
+    for (int b = 0; b < 5 && !rc; b++) {
+        rc = kc_event_record(g->ev0, g->comp, e);
+        for (int k = 0; k < reps && !rc; k++)
+            rc = launch_one(l, e);
+        if (!rc)
+            rc = kc_event_record(g->ev1, g->comp, e);
+        if (!rc)
+            rc = event_us(g, &bm[b], e);
+        bm[b] /= reps;
+    }
+    if (rc)
+        return rc;
+    *us = median(bm, 5);
+    *reps_out = 5 * reps;
+    return 0;
+}
+
 /* Kernels of type t on every slot, n tokens each. */
 static int gpu_kernels(struct gpu_ctx *g, const struct model *m, struct calib_result *r, int t,
                        double budget_s, FILE *log, struct moed_err *e)
@@ -586,51 +651,9 @@ static int gpu_kernels(struct gpu_ctx *g, const struct model *m, struct calib_re
             kc_moe_groups_at(&dg, g->gws[i], n, 1, 1, tile);
             mt = kc_moe_max_tiles(n, 1, 1, tile);
         }
-        int it = 0;
-#define ONE()                                                                            \
-    do {                                                                                 \
-        int s_ = it++ % ns;                                                              \
-        ex.gate = g->dtab + s_;                                                          \
-        ex.up = g->dtab + ns + s_;                                                       \
-        ex.down = g->dtab + 2 * ns + s_;                                                 \
-        rc = kc_moe_gate_up(g->comp, &ex, g->dx, &dg, tile, mt, g->dact, e);             \
-        if (!rc)                                                                         \
-            rc = kc_moe_down(g->comp, &ex, g->dact, &dg, tile, mt, g->dy, e);            \
-    } while (0)
-        /* warm-up, then a probe batch sizes the timed batches */
-        for (int k = 0; k < 2 * ns && !rc; k++)
-            ONE();
-        double probe_us = 0;
-        const int probe = 20;
-        if (!rc)
-            rc = kc_event_record(g->ev0, g->comp, e);
-        for (int k = 0; k < probe && !rc; k++)
-            ONE();
-        if (!rc)
-            rc = kc_event_record(g->ev1, g->comp, e);
-        if (!rc)
-            rc = event_us(g, &probe_us, e);
-        if (rc)
-            break;
-        double per = probe_us / probe;
-        double want = budget_s / r->ntypes / CALIB_NTOK / 5 * 1e6 / (per > 0.1 ? per : 0.1);
-        int reps = want < 10 ? 10 : want > 20000 ? 20000 : (int)want;
-        double bm[5];
-        for (int b = 0; b < 5 && !rc; b++) {
-            rc = kc_event_record(g->ev0, g->comp, e);
-            for (int k = 0; k < reps && !rc; k++)
-                ONE();
-            if (!rc)
-                rc = kc_event_record(g->ev1, g->comp, e);
-            if (!rc)
-                rc = event_us(g, &bm[b], e);
-            bm[b] /= reps;
-        }
-#undef ONE
-        if (rc)
-            break;
-        ty->gpu_us[i] = median(bm, 5);
-        ty->gpu_reps[i] = 5 * reps;
+        struct launch l = {.g = g, .ex = ex, .dg = &dg, .tile = tile, .mt = mt, .ns = ns};
+        rc = time_launches(&l, 2 * ns, 20, budget_s / r->ntypes / CALIB_NTOK / 5 * 1e6, 0.1, 10,
+                           20000, &ty->gpu_us[i], &ty->gpu_reps[i], e);
     }
     if (rc)
         return moed_err_wrap(e, "GPU kernels (%s)", ty->name);
@@ -717,47 +740,12 @@ static int gpu_mma(struct gpu_ctx *g, struct calib_result *r, int t, double budg
         struct kc_moe_groups dg;
         kc_moe_groups_at(&dg, g->gws_mma[i], m * n, 1, m, MMA_TILE);
         const int32_t mt = g->mt_mma[i];
-#define ONE()                                                                            \
-    do {                                                                                 \
-        rc = kc_moe_gate_up(g->comp, &ex, g->dx, &dg, MMA_TILE, mt, g->dact, e);         \
-        if (!rc)                                                                         \
-            rc = kc_moe_down(g->comp, &ex, g->dact, &dg, MMA_TILE, mt, g->dy, e);        \
-    } while (0)
-        /* warm-up, then a probe sizes the timed batches */
-        for (int k = 0; k < 2 && !rc; k++)
-            ONE();
-        double probe_us = 0;
-        const int probe = 3;
-        if (!rc)
-            rc = kc_event_record(g->ev0, g->comp, e);
-        for (int k = 0; k < probe && !rc; k++)
-            ONE();
-        if (!rc)
-            rc = kc_event_record(g->ev1, g->comp, e);
-        if (!rc)
-            rc = event_us(g, &probe_us, e);
+        struct launch l = {.g = g, .ex = ex, .dg = &dg, .tile = MMA_TILE, .mt = mt};
+        rc = time_launches(&l, 2, 3, budget_s / r->ntypes / CALIB_NTOK_MMA / 5 * 1e6, 1, 2, 2000,
+                           &ty->mma_launch_us[i], &ty->mma_reps[i], e);
         if (rc)
             break;
-        double per = probe_us / probe;
-        double want = budget_s / r->ntypes / CALIB_NTOK_MMA / 5 * 1e6 / (per > 1 ? per : 1);
-        int reps = want < 2 ? 2 : want > 2000 ? 2000 : (int)want;
-        double bm[5];
-        for (int b = 0; b < 5 && !rc; b++) {
-            rc = kc_event_record(g->ev0, g->comp, e);
-            for (int k = 0; k < reps && !rc; k++)
-                ONE();
-            if (!rc)
-                rc = kc_event_record(g->ev1, g->comp, e);
-            if (!rc)
-                rc = event_us(g, &bm[b], e);
-            bm[b] /= reps;
-        }
-#undef ONE
-        if (rc)
-            break;
-        ty->mma_launch_us[i] = median(bm, 5);
         ty->mma_us[i] = ty->mma_launch_us[i] / m;
-        ty->mma_reps[i] = 5 * reps;
     }
     if (rc)
         return moed_err_wrap(e, "GPU kernels, tile 64 (%s, %d experts a launch)", ty->name, m);
