@@ -452,6 +452,19 @@ static struct moe_mat moe_mat_of(const struct gguf_tensor *t)
     return (struct moe_mat){t->type, t->data, rs, rs * (size_t)t->ne[1]};
 }
 
+void moe_experts_of_layer(const struct model *m, int32_t il, struct moe_experts *out)
+{
+    const struct model_hparams *hp = &m->hp;
+    const struct model_layer *L = &m->layers[il];
+    *out = (struct moe_experts){.layer = il,
+                                .n_expert = hp->n_expert,
+                                .n_embd = hp->n_embd,
+                                .n_ff = hp->n_ff_exp,
+                                .gate = moe_mat_of(L->gate_exps),
+                                .up = moe_mat_of(L->up_exps),
+                                .down = moe_mat_of(L->down_exps)};
+}
+
 void fwd_free(struct fwd *f)
 {
     if (!f)
@@ -545,16 +558,8 @@ int fwd_init(struct fwd **out, const struct model *m, const struct fwd_opts *o, 
         return moed_err_set(e, MOED_ENOMEM, "out of memory for a workspace of %d tokens",
                             o->max_batch);
     }
-    for (int32_t il = 0; il < hp->n_layer; il++) {
-        const struct model_layer *L = &m->layers[il];
-        f->experts[il] = (struct moe_experts){.layer = il,
-                                              .n_expert = hp->n_expert,
-                                              .n_embd = hp->n_embd,
-                                              .n_ff = hp->n_ff_exp,
-                                              .gate = moe_mat_of(L->gate_exps),
-                                              .up = moe_mat_of(L->up_exps),
-                                              .down = moe_mat_of(L->down_exps)};
-    }
+    for (int32_t il = 0; il < hp->n_layer; il++)
+        moe_experts_of_layer(m, il, &f->experts[il]);
     if (o->exec) {
         f->exec = o->exec;
     } else {

@@ -47,6 +47,11 @@ struct moe_experts {
     struct moe_mat down;     /* rows n_embd, n = n_ff */
 };
 
+/* Layer il's stacked experts of a model (its *_exps tensors, which the
+ * loader checked): pointers into the mapping. */
+struct model;
+void moe_experts_of_layer(const struct model *m, int32_t il, struct moe_experts *out);
+
 /* The routed work of one layer in one step. */
 struct moe_work {
     const struct moe_experts *experts;

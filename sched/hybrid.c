@@ -154,12 +154,6 @@ void hybrid_free(struct hybrid *hy)
     free(hy);
 }
 
-static struct moe_mat mat_of(const struct gguf_tensor *t)
-{
-    size_t rs = kern_row_size(t->type, t->ne[0]);
-    return (struct moe_mat){t->type, t->data, rs, rs * (size_t)t->ne[1]};
-}
-
 /* The cost row of a layer's experts: calibration's name for the types,
  * else the first row (the defaults' q4_k), which the log should mention. */
 static int cost_row(const struct sched_cost *c, const struct model_layer *L)
@@ -298,13 +292,7 @@ int hybrid_new(struct hybrid **out, const struct model *m, const struct hybrid_o
                 goto fail;
             }
         hy->cost_type[il] = cost_row(&hy->cost, L);
-        hy->mx[il] = (struct moe_experts){.layer = il,
-                                          .n_expert = hp->n_expert,
-                                          .n_embd = hp->n_embd,
-                                          .n_ff = hp->n_ff_exp,
-                                          .gate = mat_of(L->gate_exps),
-                                          .up = mat_of(L->up_exps),
-                                          .down = mat_of(L->down_exps)};
+        moe_experts_of_layer(m, il, &hy->mx[il]);
         max_ff = max_i(max_ff, hp->n_ff_exp);
     }
 

@@ -14,12 +14,6 @@
 #include "tests/unit/harness.h"
 #include "tests/unit/test_forward_tiny.h"
 
-static struct moe_mat mat_of(const struct gguf_tensor *t)
-{
-    size_t rs = kern_row_size(t->type, t->ne[0]);
-    return (struct moe_mat){t->type, t->data, rs, rs * (size_t)t->ne[1]};
-}
-
 static uint32_t rnd(uint64_t *s)
 {
     *s = *s * 6364136223846793005ull + 1442695040888963407ull;
@@ -38,10 +32,8 @@ TEST(moe_cpu_rows_match_run)
     struct model m;
     struct moed_err e = {0};
     REQUIRE(tiny_load(&sp, &buf, &g, &m, &e) == 0);
-    const struct model_layer *L = &m.layers[1];
-    struct moe_experts x = {.layer = 1, .n_expert = sp.n_expert, .n_embd = sp.n_embd,
-                            .n_ff = sp.n_ff, .gate = mat_of(L->gate_exps),
-                            .up = mat_of(L->up_exps), .down = mat_of(L->down_exps)};
+    struct moe_experts x;
+    moe_experts_of_layer(&m, 1, &x);
     enum { T = 7, K = 4 };
     int32_t d = sp.n_embd, E = sp.n_expert;
     struct sched_pool *pool = NULL;
