@@ -44,7 +44,7 @@ struct hybrid {
     void *h_groups;                /* pinned mirror of the grouping workspace */
     int32_t *h_ids;                /* pinned [B][K] */
     float *h_wts;                  /* pinned [B][K] */
-    float *h_x[2];                 /* pinned [B][d], by layer parity */
+    float *h_x;                    /* pinned [B][d]: the layer's normalised rows */
     float *h_y;                    /* pinned [B*K][d]: CPU experts' rows */
     float *h_next;                 /* pinned [HYBRID_PREDICT_MAX_TOK][E]: next router's logits */
     /* host scratch, per expert */
@@ -129,8 +129,7 @@ void hybrid_free(struct hybrid *hy)
     kc_host_free(hy->h_groups);
     kc_host_free(hy->h_ids);
     kc_host_free(hy->h_wts);
-    kc_host_free(hy->h_x[0]);
-    kc_host_free(hy->h_x[1]);
+    kc_host_free(hy->h_x);
     kc_host_free(hy->h_y);
     kc_host_free(hy->h_next);
     free(hy->cost_type);
@@ -213,6 +212,22 @@ static int poll_loaded(struct hybrid *hy, struct moed_err *e)
     }
     hy->n_loading = k;
     return 0;
+}
+
+/* The counters at zero, the description of the executor filled in. */
+static void stats_clear(struct hybrid *hy)
+{
+    struct gpu_slots_stats gst;
+    gpu_slots_get_stats(hy->gs, &gst);
+    hy->st = (struct hybrid_stats){.n_layer = hy->n_layer,
+                                   .n_slot = hy->n_cache,
+                                   .n_stream = hy->n_stream,
+                                   .slot_bytes = gst.slot_bytes,
+                                   .pool_bytes = gst.pool_bytes,
+                                   .registered = gst.registered,
+                                   .policy = hy->o.policy,
+                                   .static_layers = hy->o.static_layers,
+                                   .prefetch = hy->pred != NULL};
 }
 
 int hybrid_new(struct hybrid **out, const struct model *m, const struct hybrid_opts *o,
@@ -348,8 +363,7 @@ int hybrid_new(struct hybrid **out, const struct model *m, const struct hybrid_o
         (rc = kc_host_alloc(&hy->h_groups, gb8 > gb64 ? gb8 : gb64, e)) ||
         (rc = kc_host_alloc((void **)&hy->h_ids, B * K * sizeof(int32_t), e)) ||
         (rc = kc_host_alloc((void **)&hy->h_wts, B * K * sizeof(float), e)) ||
-        (rc = kc_host_alloc((void **)&hy->h_x[0], B * d * sizeof(float), e)) ||
-        (rc = kc_host_alloc((void **)&hy->h_x[1], B * d * sizeof(float), e)) ||
+        (rc = kc_host_alloc((void **)&hy->h_x, B * d * sizeof(float), e)) ||
         (rc = kc_host_alloc((void **)&hy->h_y, B * K * d * sizeof(float), e)) ||
         (rc = kc_host_alloc((void **)&hy->h_next, HYBRID_PREDICT_MAX_TOK * E * sizeof(float), e)))
         goto fail;
@@ -414,17 +428,7 @@ int hybrid_new(struct hybrid **out, const struct model *m, const struct hybrid_o
     if (hy->trace > 1)
         fprintf(stderr, "hybrid: new: slots filled\n");
 
-    struct gpu_slots_stats gst;
-    gpu_slots_get_stats(hy->gs, &gst);
-    hy->st = (struct hybrid_stats){.n_layer = hy->n_layer,
-                                   .n_slot = n_cache,
-                                   .n_stream = n_stream,
-                                   .slot_bytes = gst.slot_bytes,
-                                   .pool_bytes = gst.pool_bytes,
-                                   .registered = gst.registered,
-                                   .policy = o->policy,
-                                   .static_layers = o->static_layers,
-                                   .prefetch = hy->pred != NULL};
+    stats_clear(hy);
     *out = hy;
     return 0;
 fail:
@@ -536,14 +540,13 @@ int hybrid_moe(struct hybrid *hy, kc_stream st, const struct hybrid_io *io, stru
         return moed_err_set(e, MOED_EINVAL, "hybrid: layer %d, %d tokens, tile %d", L, n,
                             io->tile);
     struct hybrid_layer_stats *ls = &hy->ls[L];
-    int buf = L & 1;
     size_t nk = (size_t)n * (size_t)K;
 
     /* 1. routing and hidden rows down (and the next router's logits) */
     bool predict = hy->pred && io->next_logits && n <= HYBRID_PREDICT_MAX_TOK;
     if ((rc = kc_d2h(hy->h_ids, io->ids, nk * sizeof(int32_t), st, e)) ||
         (rc = kc_d2h(hy->h_wts, io->wts, nk * sizeof(float), st, e)) ||
-        (rc = kc_d2h(hy->h_x[buf], io->h, (size_t)n * d * sizeof(float), st, e)) ||
+        (rc = kc_d2h(hy->h_x, io->h, (size_t)n * d * sizeof(float), st, e)) ||
         (predict &&
          (rc = kc_d2h(hy->h_next, io->next_logits, (size_t)n * E * sizeof(float), st, e))) ||
         (rc = kc_event_record(hy->ev_d2h, st, e)))
@@ -609,7 +612,6 @@ int hybrid_moe(struct hybrid *hy, kc_stream st, const struct hybrid_io *io, stru
         const struct sched_cost *c = io->tile == 64 ? &hy->cost_mma : &hy->cost;
         if ((rc = sched_plan_layer(c, hy->pex, n_act, &b, &hy->plan, e)))
             goto out;
-        hy->st.plan_est_us += hy->plan.makespan_us;
     }
     TRACE2("planned");
     /* placements; loads in the plan's order */
@@ -744,7 +746,7 @@ int hybrid_moe(struct hybrid *hy, kc_stream st, const struct hybrid_io *io, stru
     bool cpu_measured = false;
     if (n_cpu_pairs) {
         double tc = now_s();
-        if ((rc = moe_cpu_rows(hy->cpu, &hy->mx[L], hy->h_x[buf], n, hy->row_tok, n_cpu_pairs,
+        if ((rc = moe_cpu_rows(hy->cpu, &hy->mx[L], hy->h_x, n, hy->row_tok, n_cpu_pairs,
                                hy->groups, n_cpu_groups, hy->h_y, e)))
             goto out;
         double cpu_us = (now_s() - tc) * 1e6;
@@ -882,16 +884,7 @@ void hybrid_stats_get(const struct hybrid *hy, struct hybrid_stats *out,
 
 void hybrid_stats_reset(struct hybrid *hy)
 {
-    struct hybrid_stats keep = hy->st;
     cache_stats_reset(hy->cache);
     memset(hy->ls, 0, sizeof *hy->ls * (size_t)hy->n_layer);
-    hy->st = (struct hybrid_stats){.n_layer = keep.n_layer,
-                                   .n_slot = keep.n_slot,
-                                   .n_stream = keep.n_stream,
-                                   .slot_bytes = keep.slot_bytes,
-                                   .pool_bytes = keep.pool_bytes,
-                                   .registered = keep.registered,
-                                   .policy = keep.policy,
-                                   .static_layers = keep.static_layers,
-                                   .prefetch = keep.prefetch};
+    stats_clear(hy);
 }

@@ -124,7 +124,6 @@ struct hybrid_stats {
     double wait_s;         /* ... waiting for the routing (GPU attention in flight) */
     double cpu_s;          /* ... computing CPU experts */
     double predict_s;      /* ... predicting and issuing prefetches */
-    double plan_est_us;    /* sum of the plans' makespans */
     uint64_t pred_tokens, pred_hits; /* prefetch predictions: |pred ∩ actual| over tokens * k */
     double cpu_scale, h2d_scale; /* the decode cost model's online corrections (1: as given) */
     struct hybrid_layer_stats total;
