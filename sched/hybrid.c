@@ -398,7 +398,7 @@ int hybrid_new(struct hybrid **out, const struct model *m, const struct hybrid_o
     if (hy->trace > 1)
         fprintf(stderr, "hybrid: new: cpu executor\n");
     if (!o->no_prefetch && !o->static_layers && !o->no_plan) {
-        if ((rc = predict_new(&hy->pred, m, hy->B, e)) ||
+        if ((rc = predict_new_logits(&hy->pred, m, hy->B, e)) ||
             (rc = predict_result_alloc(hy->pred, &hy->pres, e)))
             goto fail;
     }

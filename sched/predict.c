@@ -15,37 +15,11 @@ struct predictor {
     float *probs;  /* [n_expert] scratch */
     float *topv;   /* [k] scratch */
     float *logits; /* [max_tok][n_expert] */
-    struct sched_pool *pool;
 };
 
-void predict_set_pool(struct predictor *p, struct sched_pool *pool)
-{
-    p->pool = pool;
-}
-
-/* The router logits of every (token, expert): the same sums as one thread. */
-struct logits_job {
-    const struct predictor *p;
-    const float *W, *x;
-    int32_t n_tok;
-};
-
-static void logits_part(void *arg, int ith, int nth)
-{
-    const struct logits_job *j = arg;
-    int32_t E = j->p->n_expert, d = j->p->n_embd;
-    int64_t all = (int64_t)j->n_tok * E;
-    for (int64_t r = all * ith / nth; r < all * (ith + 1) / nth; r++) {
-        const float *w = j->W + (size_t)(r % E) * d, *h = j->x + (size_t)(r / E) * d;
-        float s = 0;
-        for (int32_t c = 0; c < d; c++)
-            s += w[c] * h[c];
-        j->p->logits[r] = s;
-    }
-}
-
-int predict_new(struct predictor **out, const struct model *m, int32_t max_tok,
-                struct moed_err *e)
+/* With routers: dequantized for predict_run; without: predict_from_logits only. */
+static int predictor_new(struct predictor **out, const struct model *m, int32_t max_tok,
+                         bool routers, struct moed_err *e)
 {
     *out = NULL;
     const struct model_hparams *hp = &m->hp;
@@ -61,15 +35,15 @@ int predict_new(struct predictor **out, const struct model *m, int32_t max_tok,
     p->k = hp->n_expert_used;
     p->max_tok = max_tok;
     size_t per = (size_t)hp->n_expert * (size_t)hp->n_embd;
-    p->router = malloc(sizeof(float) * per * (size_t)hp->n_layer);
+    p->router = routers ? malloc(sizeof(float) * per * (size_t)hp->n_layer) : NULL;
     p->probs = malloc(sizeof(float) * (size_t)hp->n_expert);
     p->topv = malloc(sizeof(float) * (size_t)p->k);
     p->logits = malloc(sizeof(float) * (size_t)hp->n_expert * (size_t)max_tok);
-    if (!p->router || !p->probs || !p->topv || !p->logits) {
+    if ((routers && !p->router) || !p->probs || !p->topv || !p->logits) {
         predict_free(p);
         return moed_err_set(e, MOED_ENOMEM, "predict: out of memory");
     }
-    for (int32_t l = 0; l < hp->n_layer; l++) {
+    for (int32_t l = 0; l < hp->n_layer && routers; l++) {
         const struct gguf_tensor *t = m->layers[l].router;
         if (!t || t->ne[0] != hp->n_embd || t->ne[1] != hp->n_expert) {
             predict_free(p);
@@ -91,6 +65,18 @@ int predict_new(struct predictor **out, const struct model *m, int32_t max_tok,
     }
     *out = p;
     return 0;
+}
+
+int predict_new(struct predictor **out, const struct model *m, int32_t max_tok,
+                struct moed_err *e)
+{
+    return predictor_new(out, m, max_tok, true, e);
+}
+
+int predict_new_logits(struct predictor **out, const struct model *m, int32_t max_tok,
+                       struct moed_err *e)
+{
+    return predictor_new(out, m, max_tok, false, e);
 }
 
 void predict_free(struct predictor *p)
@@ -180,8 +166,14 @@ int predict_run(struct predictor *p, int32_t layer, const float *x, int32_t n_to
         return moed_err_set(e, MOED_EINVAL, "predict: made without routers (logits only)");
     int32_t E = p->n_expert, d = p->n_embd;
     const float *W = p->router + (size_t)layer * (size_t)E * (size_t)d;
-    struct logits_job job = {.p = p, .W = W, .x = x, .n_tok = n_tok};
-    ops_par(p->pool, logits_part, &job);
+    for (int32_t t = 0; t < n_tok; t++)
+        for (int32_t i = 0; i < E; i++) {
+            const float *w = W + (size_t)i * d, *h = x + (size_t)t * d;
+            float sum = 0;
+            for (int32_t c = 0; c < d; c++)
+                sum += w[c] * h[c];
+            p->logits[(size_t)t * E + i] = sum;
+        }
     from_logits(p, layer, p->logits, n_tok, r);
     return 0;
 }

@@ -63,9 +63,10 @@ int predict_new(struct predictor **out, const struct model *m, int32_t max_tok,
                 struct moed_err *e);
 void predict_free(struct predictor *p); /* NULL is a no-op */
 
-/* Compute the router logits of predict_run on pool's threads (NULL: the
- * calling thread); the results do not change. */
-void predict_set_pool(struct predictor *p, struct sched_pool *pool);
+/* The same without the routers (no dequantized copy, nothing read from the
+ * model at creation): for predict_from_logits only; predict_run refuses. */
+int predict_new_logits(struct predictor **out, const struct model *m, int32_t max_tok,
+                       struct moed_err *e);
 
 /* One predicted layer, caller-owned (predict_result_alloc). */
 struct predict_result {
