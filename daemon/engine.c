@@ -37,6 +37,7 @@
 #include "kernels/cuda/kc.h"
 #include "kernels/cuda/kcuda.h"
 #include "model/chat.h"
+#include "model/fwd_gpu.h"
 #include "model/kv.h"
 #include "model/model.h"
 #include "model/tok.h"
@@ -409,8 +410,8 @@ static int kv_pool_size(struct engine *eng, struct moed_err *e)
 
 /* Device memory left free for the KV caches after the forward pass. */
 #define GPU_KV_MARGIN (512ull << 20)
-/* Device memory the workspace estimate leaves for what it does not count
- * (alignment, the input buffers, pointer tables, CUDA graphs). */
+/* Device memory beside fwd_gpu_workspace_bytes that the forward pass may
+ * still take (pointer tables, CUDA graphs, allocation rounding). */
 #define GPU_WS_SLACK (64ull << 20)
 
 /* Bytes of the routed experts (the *_exps tensors) of every layer. */
@@ -424,28 +425,6 @@ static uint64_t expert_bytes(const struct model *m)
             n += t[i] ? t[i]->nbytes : 0;
     }
     return n;
-}
-
-/* At least the GPU forward pass's workspace for steps of max_batch tokens
- * (model/fwd_gpu.c's buffers; the attention's at its largest split). */
-static uint64_t gpu_ws_bound(const struct model_hparams *hp, int32_t max_batch)
-{
-    uint64_t B = (uint64_t)max_batch, d = (uint64_t)hp->n_embd;
-    uint64_t qd = (uint64_t)hp->n_head * (uint64_t)hp->head_dim;
-    uint64_t kvd = (uint64_t)hp->n_head_kv * (uint64_t)hp->head_dim;
-    uint64_t E = (uint64_t)hp->n_expert, K = (uint64_t)hp->n_expert_used;
-    uint64_t ff = (uint64_t)hp->n_ff_exp, sf = hp->n_ff_shexp ? (uint64_t)hp->n_ff_shexp : 1;
-    uint64_t floats =
-        3 * d + 2 * qd + 2 * kvd + E + 2 * K + K * ff + K * d + 2 * sf + 1 + (uint64_t)hp->n_vocab;
-    uint64_t ws = B * floats * sizeof(float) + B * K * sizeof(int32_t);
-    size_t g8 = kc_moe_groups_size(max_batch, hp->n_expert_used, hp->n_expert, 8);
-    size_t g64 = kc_moe_groups_size(max_batch, hp->n_expert_used, hp->n_expert, 64);
-    ws += g8 > g64 ? g8 : g64;
-    /* tokens x split is at most max(2 B, 256) for fwd_gpu.c's attn_split */
-    struct kc_attn_shape sh = {
-        .n_head = hp->n_head, .n_head_kv = hp->n_head_kv, .head_dim = hp->head_dim};
-    ws += kc_attention_ws_size(&sh, 1, (int32_t)(2 * B > 256 ? 2 * B : 256));
-    return ws + GPU_WS_SLACK;
 }
 
 /* Note why the GPU is not used (engine_load logs it); -1. */
@@ -494,7 +473,8 @@ static int try_gpu(struct engine *eng)
     uint64_t xbytes = expert_bytes(m), wbytes = model_weight_bytes(m);
     uint64_t dense = wbytes > xbytes ? wbytes - xbytes : 0;
     uint64_t kvb = eng->kv_bpp * (uint64_t)eng->kv_total;
-    uint64_t used = dense + gpu_ws_bound(hp, eng->max_batch) + kvb + GPU_KV_MARGIN;
+    uint64_t ws = fwd_gpu_workspace_bytes(m, eng->max_batch) + GPU_WS_SLACK;
+    uint64_t used = dense + ws + kvb + GPU_KV_MARGIN;
     uint64_t room = mfree > used ? mfree - used : 0;
     uint64_t budget = eng->xbud_frac > 0       ? (uint64_t)(eng->xbud_frac * (double)room)
                       : eng->xbud_bytes < room ? eng->xbud_bytes

@@ -109,6 +109,50 @@ static int32_t moe_tile(const struct fwd_gpu *g, int32_t n)
     return 8;
 }
 
+/* The device workspace for batches of max_batch tokens: sizes[WS_N] in the
+ * order fwd_gpu_new carves them (x, h, q, k, v, att, router logits, weights,
+ * act, per-pair outputs, shared gate/up/out/logit, output logits, ids,
+ * grouping, attention, step inputs, next router's logits); returns the sum
+ * with each part 256-byte aligned. */
+#define WS_N 20
+static size_t ws_sizes(const struct model_hparams *hp, int32_t max_batch, size_t *sizes)
+{
+    size_t B = (size_t)max_batch, d = (size_t)hp->n_embd, hd = (size_t)hp->head_dim;
+    size_t qd = (size_t)hp->n_head * hd, kvd = (size_t)hp->n_head_kv * hd;
+    size_t E = (size_t)hp->n_expert, K = (size_t)hp->n_expert_used, ff = (size_t)hp->n_ff_exp;
+    size_t sf = hp->n_ff_shexp ? (size_t)hp->n_ff_shexp : 1;
+    size_t gs8 = kc_moe_groups_size(max_batch, (int32_t)K, (int32_t)E, 8);
+    size_t gs64 = kc_moe_groups_size(max_batch, (int32_t)K, (int32_t)E, 64);
+    struct kc_attn_shape sh0 = {.n_head = hp->n_head, .n_head_kv = hp->n_head_kv,
+                                .head_dim = hp->head_dim};
+    size_t attn_ws = 0;
+    for (int32_t n = 1; n <= max_batch; n++)
+        for (int dec = 0; dec < 2; dec++) {
+            size_t s = kc_attention_ws_size(&sh0, n, attn_split(hp, n, dec));
+            attn_ws = s > attn_ws ? s : attn_ws;
+        }
+    size_t in_bytes = al(B * 4) * 2 + al(B * sizeof(struct kc_tok));
+    size_t f4 = sizeof(float);
+    const size_t all[WS_N] = {B * d * f4,      B * d * f4,       B * qd * f4,      B * kvd * f4,
+                              B * kvd * f4,    B * qd * f4,      B * E * f4,       B * K * f4,
+                              B * K * ff * f4, B * K * d * f4,   B * sf * f4,      B * sf * f4,
+                              B * d * f4,      B * f4,           B * (size_t)hp->n_vocab * f4,
+                              B * K * 4,       gs8 > gs64 ? gs8 : gs64, attn_ws,   in_bytes,
+                              (size_t)HYBRID_PREDICT_MAX_TOK * E * f4};
+    size_t sum = 0;
+    for (size_t i = 0; i < WS_N; i++) {
+        sizes[i] = all[i];
+        sum += al(all[i]);
+    }
+    return sum;
+}
+
+uint64_t fwd_gpu_workspace_bytes(const struct model *m, int32_t max_batch)
+{
+    size_t sizes[WS_N];
+    return ws_sizes(&m->hp, max_batch, sizes);
+}
+
 uint64_t fwd_gpu_decode_bytes(const struct model *m)
 {
     const struct model_hparams *hp = &m->hp;
@@ -255,31 +299,10 @@ int fwd_gpu_new(struct fwd_gpu **out, const struct model *m, const struct fwd_gp
         goto fail;
 
     /* workspace */
-    size_t B = (size_t)o->max_batch, d = (size_t)hp->n_embd, hd = (size_t)hp->head_dim;
-    size_t qd = (size_t)hp->n_head * hd, kvd = (size_t)hp->n_head_kv * hd;
-    size_t E = (size_t)hp->n_expert, K = (size_t)hp->n_expert_used, ff = (size_t)hp->n_ff_exp;
-    size_t sf = hp->n_ff_shexp ? (size_t)hp->n_ff_shexp : 1;
-    size_t gs8 = kc_moe_groups_size(o->max_batch, (int32_t)K, (int32_t)E, 8);
-    size_t gs64 = kc_moe_groups_size(o->max_batch, (int32_t)K, (int32_t)E, 64);
-    struct kc_attn_shape sh0 = {.n_head = hp->n_head, .n_head_kv = hp->n_head_kv,
-                                .head_dim = hp->head_dim};
-    size_t attn_ws = 0;
-    for (int32_t n = 1; n <= o->max_batch; n++)
-        for (int dec = 0; dec < 2; dec++) {
-            size_t s = kc_attention_ws_size(&sh0, n, attn_split(hp, n, dec));
-            attn_ws = s > attn_ws ? s : attn_ws;
-        }
-    g->in_bytes = al(B * 4) * 2 + al(B * sizeof(struct kc_tok));
+    size_t B = (size_t)o->max_batch, d = (size_t)hp->n_embd, E = (size_t)hp->n_expert;
     size_t f4 = sizeof(float);
-    size_t sizes[] = {B * d * f4,      B * d * f4,       B * qd * f4,      B * kvd * f4,
-                      B * kvd * f4,    B * qd * f4,      B * E * f4,       B * K * f4,
-                      B * K * ff * f4, B * K * d * f4,   B * sf * f4,      B * sf * f4,
-                      B * d * f4,      B * f4,           B * (size_t)hp->n_vocab * f4,
-                      B * K * 4,       gs8 > gs64 ? gs8 : gs64, attn_ws,   g->in_bytes,
-                      (size_t)HYBRID_PREDICT_MAX_TOK * E * f4};
-    size_t nws = sizeof sizes / sizeof sizes[0], wsb = 0;
-    for (size_t i = 0; i < nws; i++)
-        wsb += al(sizes[i]);
+    size_t sizes[WS_N], wsb = ws_sizes(hp, o->max_batch, sizes);
+    g->in_bytes = sizes[WS_N - 2];
     size_t ptrb = hybrid ? 0 : (size_t)hp->n_layer * 3 * E * sizeof(void *);
 
     size_t mfree = 0, mtotal = 0;
@@ -387,7 +410,8 @@ int fwd_gpu_new(struct fwd_gpu **out, const struct model *m, const struct fwd_gp
                     (void **)&g->sh_y,  (void **)&g->sh_logit, (void **)&g->logits,
                     (void **)&g->ids,   &g->groups_ws,      &g->attn_ws,        &g->din,
                     (void **)&g->rl_next};
-    for (size_t i = 0; i < nws; i++) {
+    _Static_assert(sizeof dst / sizeof dst[0] == WS_N, "one destination per workspace part");
+    for (size_t i = 0; i < WS_N; i++) {
         *dst[i] = p;
         p += al(sizes[i]);
     }

@@ -50,6 +50,9 @@ int fwd_gpu_step(struct fwd_gpu *g, const struct fwd_batch *b, struct kv_seq *co
                  bool decode, float *logits, struct moed_err *e);
 /* The hybrid executor, or NULL when every expert lives on the GPU. */
 struct hybrid *fwd_gpu_hybrid(const struct fwd_gpu *g);
+/* Device bytes of the forward pass's workspace for batches of max_batch
+ * tokens (what fwd_gpu_new allocates besides the weights). */
+uint64_t fwd_gpu_workspace_bytes(const struct model *m, int32_t max_batch);
 /* Device bytes held: weights, workspaces (KV caches not included). */
 uint64_t fwd_gpu_bytes(const struct fwd_gpu *g);
 /* Bytes of weights one token reads in decode (dense weights, the n_used
