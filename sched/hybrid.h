@@ -22,19 +22,20 @@
  *      (moe_cpu_rows) into pinned memory and uploads them into the pairs'
  *      rows of the device's per-pair output, so kc_moe_combine sums every
  *      token's experts in slot order as in the all-GPU path;
+ *   5. prefetch (decode steps of at most HYBRID_PREDICT_MAX_TOK tokens):
+ *      the forward pass also applies the next layer's router to h on the GPU
+ *      (next_logits, one small matvec); from those logits (sched/predict.h)
+ *      the next layer's uncached experts that some token is predicted to
+ *      choose, those worth most first (expected time saved per load-us), are
+ *      loaded into slots behind this layer's own loads, within the copy
+ *      engine's expected idle window (the last wait for the routing, i.e.
+ *      the next layer's attention, less the copies still queued);
  *   6. admission behind the CPU (decode, with a cache of at least
  *      n_layer x n_expert_used slots): misses the CPU ran are loaded
  *      into the cache while the copy engine idles through the next layer's
  *      attention (the plan of one layer cannot see that a load also serves
  *      the next steps; without this a large cache whose misses all go to
  *      the CPU never learns the working set);
- *   5. prefetch (decode steps of at most HYBRID_PREDICT_MAX_TOK tokens):
- *      the forward pass also applies the next layer's router to h on the GPU
- *      (next_logits, one small matvec); from those logits (sched/predict.h)
- *      the next layer's uncached experts worth most (expected time saved per
- *      load-us) are loaded into slots behind this layer's own loads, within
- *      the copy engine's expected idle time until the next layer plans (this
- *      plan's makespan plus the last wait for the routing).
  *
  * Budgets: n_slot slots of gpu_slots_slot_bytes; at least HYBRID_MIN_SLOTS
  * x the experts per token (so one layer's loads of a decode step fit).
